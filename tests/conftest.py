@@ -1,0 +1,36 @@
+import os
+
+import pytest
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never touch the network
+
+
+@pytest.fixture(scope="session")
+def tokenizer():
+    from turnrl.models import load_tokenizer
+
+    return load_tokenizer("smollm2-135m")  # the real SmolLM2 tokenizer from the bundled GGUF
+
+
+def make_tiny_model(seed: int = 0, vocab_size: int = 49152):
+    """A randomly initialised 2-layer Llama with SmolLM2's vocabulary."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    cfg = LlamaConfig(vocab_size=vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048,
+                      tie_word_embeddings=True, bos_token_id=1, eos_token_id=2, pad_token_id=2)
+    return LlamaForCausalLM(cfg).eval()
+
+
+@pytest.fixture
+def tiny_model():
+    return make_tiny_model()
+
+
+@pytest.fixture
+def chat(tokenizer):
+    from turnrl.chat import ChatFormat
+
+    return ChatFormat(tokenizer)

@@ -1,0 +1,26 @@
+from turnrl.cli import main
+
+
+def test_envs_lists_retry(capsys):
+    assert main(["envs"]) == 0
+    assert "retry" in capsys.readouterr().out
+
+
+def test_check_env_on_builtin_and_user_env(capsys):
+    assert main(["check-env", "retry"]) == 0
+    assert main(["check-env", "tests.toy_envs:LengthEnv"]) == 0
+    assert "ok" in capsys.readouterr().out
+
+
+def test_config_error_exits_2_and_names_the_field(tmp_path, capsys):
+    p = tmp_path / "bad.toml"
+    p.write_text("[train]\nstepz = 3\n")
+    assert main(["train", str(p)]) == 2
+    assert "train.stepz: unknown key" in capsys.readouterr().err
+
+
+def test_rollout_prints_trained_tokens_with_the_real_model(capsys):
+    rc = main(["rollout", "-n", "1", "--task.multiple_choice", "true", "--env.max_turns", "2",
+               "--rollout.max_new_tokens", "8"])
+    out = capsys.readouterr().out
+    assert rc == 0 and "=== episode" in out and "[[" in out and "--- turn 1" in out

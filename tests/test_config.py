@@ -1,0 +1,64 @@
+import pytest
+
+from turnrl.config import ConfigError, load_config, parse_overrides
+
+
+def write(tmp_path, text):
+    p = tmp_path / "c.toml"
+    p.write_text(text)
+    return p
+
+
+def test_defaults_are_the_ufo_recipe():
+    c = load_config(None)
+    assert (c.env.max_turns, c.env.success_decay, c.env.repetition_penalty, c.env.format_penalty) == (5, 0.5, 0.5, 0.1)
+    assert c.env.feedback == "Incorrect. Please think again."
+    assert (c.algo.clip_low, c.algo.clip_high) == (0.2, 0.28)
+
+
+def test_unknown_key_names_the_field(tmp_path):
+    with pytest.raises(ConfigError, match=r"c\.toml: train\.learning_rate: unknown key"):
+        load_config(write(tmp_path, "[train]\nlearning_rate = 1e-5\n"))
+
+
+def test_wrong_type_names_the_field(tmp_path):
+    with pytest.raises(ConfigError, match=r"rollout\.group_size"):
+        load_config(write(tmp_path, "[rollout]\ngroup_size = 'eight'\n"))
+
+
+@pytest.mark.parametrize("text,field", [
+    ("[model]\nlora_rank = 8\n", "lora_rank"),
+    ("[algo]\nname = 'dr_grpo'\nscale_by_std = false\n", "scale_by_std"),
+    ("[algo]\ntop_std_fraction = 0.5\n", "top_std_fraction"),
+    ("[task]\npath = 'x.jsonl'\n", "path"),
+    ("[task]\nsource = 'file'\npath = 'x.jsonl'\ndigits = 3\n", "digits"),
+    ("[env]\nname = 'my.mod:Env'\nfeedback = 'no'\n", "feedback"),
+])
+def test_knobs_the_choice_would_ignore_are_errors(tmp_path, text, field):
+    with pytest.raises(ConfigError, match=rf"{field}.*would be ignored"):
+        load_config(write(tmp_path, text))
+
+
+def test_overrides_are_typed_and_validated():
+    assert parse_overrides(["--train.lr", "1e-4", "--task.multiple_choice", "true", "--train.out_dir=x"]) == {
+        "train": {"lr": 1e-4, "out_dir": "x"}, "task": {"multiple_choice": True}}
+    c = load_config(None, ["--train.lr", "3e-6", "--rollout.group_size", "4"])
+    assert c.train.lr == 3e-6 and c.rollout.group_size == 4
+    with pytest.raises(ConfigError, match=r"overrides: rollout\.group_size"):
+        load_config(None, ["--rollout.group_size", "1"])
+    with pytest.raises(ConfigError, match="--section.key"):
+        parse_overrides(["lr", "1"])
+
+
+def test_missing_and_malformed_files(tmp_path):
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path / "none.toml")
+    with pytest.raises(ConfigError, match="invalid TOML"):
+        load_config(write(tmp_path, "[train\n"))
+
+
+def test_shipped_configs_are_valid():
+    from pathlib import Path
+
+    for p in sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.toml")):
+        load_config(p)

@@ -1,0 +1,102 @@
+import json
+import math
+
+import pytest
+import torch
+
+from tests.conftest import make_tiny_model
+from turnrl.algos import ALGORITHMS, Algorithm
+from turnrl.config import load_config
+from turnrl.trainer import Trainer
+
+
+def cfg_for(tmp_path, name="run", steps=3, extra=()):
+    return load_config(None, [
+        "--env.name", "tests.toy_envs:LengthEnv", "--env.max_turns", "2",
+        "--rollout.prompts_per_step", "2", "--rollout.group_size", "3", "--rollout.max_new_tokens", "6",
+        "--rollout.temperature", "1.0", "--train.steps", str(steps), "--train.lr", "1e-3",
+        "--train.out_dir", str(tmp_path / name), "--train.checkpoint_every", "1",
+        "--eval.num_tasks", "2", "--eval.pass_k", "0", "--eval.before", "false", "--log.progress", "false", *extra])
+
+
+def weights(model):
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def test_three_steps_change_the_weights_without_nan(tmp_path, tokenizer):
+    model = make_tiny_model()
+    before = weights(model)
+    summary = Trainer(cfg_for(tmp_path), model, tokenizer).train()
+    after = weights(model)
+    changed = sum(not torch.equal(before[k], after[k]) for k in before)
+    assert changed >= len(before) // 2
+    assert all(torch.isfinite(v).all() for v in after.values())
+    rows = [json.loads(l) for l in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    train = [r for r in rows if r["split"] == "train"]
+    assert [r["step"] for r in train] == [1, 2, 3]
+    assert all(math.isfinite(r["loss"]) and r["nan_skipped"] == 0 for r in train)
+    assert abs(train[0]["ratio_mean"] - 1.0) < 1e-3  # first PPO ratio = 1 (on-policy)
+    # the final model is plain Hugging Face format
+    from transformers import AutoModelForCausalLM
+
+    reloaded = AutoModelForCausalLM.from_pretrained(summary["final_model"])
+    assert torch.equal(reloaded.state_dict()["model.embed_tokens.weight"], after["model.embed_tokens.weight"])
+
+
+def test_resume_after_interruption_equals_uninterrupted_run(tmp_path, tokenizer):
+    straight = make_tiny_model()
+    Trainer(cfg_for(tmp_path, "a", steps=4), straight, tokenizer).train()
+
+    interrupted = make_tiny_model()
+    Trainer(cfg_for(tmp_path, "b", steps=2), interrupted, tokenizer).train()  # "crash" after step 2
+    resumed = make_tiny_model()  # a fresh process: weights come only from the checkpoint
+    t = Trainer(cfg_for(tmp_path, "b", steps=4), resumed, tokenizer)
+    t.train(resume=True)
+    assert t.step == 4 and t.data_pos == 8
+    a, b = weights(straight), weights(resumed)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    rows = [json.loads(l) for l in (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if r["split"] == "train"] == [1, 2, 3, 4]
+
+
+def test_checkpoints_are_complete_and_pruned(tmp_path, tokenizer):
+    Trainer(cfg_for(tmp_path, "c", steps=3, extra=["--train.keep_checkpoints", "2"]), make_tiny_model(), tokenizer).train()
+    ckpts = sorted(p.name for p in (tmp_path / "c" / "checkpoints").iterdir())
+    assert ckpts == ["step_000002", "step_000003"]
+    state = torch.load(tmp_path / "c" / "checkpoints" / "step_000003" / "state.pt", weights_only=False)
+    assert {"model", "optimizer", "scheduler", "rng", "data_pos", "step"} <= set(state)
+
+
+def test_nan_loss_skips_the_update_and_the_run_goes_on(tmp_path, tokenizer):
+    model = make_tiny_model()
+    before = weights(model)
+    t = Trainer(cfg_for(tmp_path, "n", steps=2), model, tokenizer)
+    good = ALGORITHMS["grpo"]
+
+    def nan_loss(lp, old, adv, cfg):  # a fault we cannot otherwise cause on demand
+        loss, extra = good.token_loss(lp, old, adv, cfg)
+        return loss * float("nan"), extra
+
+    t.algo = Algorithm("nan", good.advantages, nan_loss, good.loss_agg, good.norm)
+    t.train()
+    assert all(torch.equal(before[k], v) for k, v in weights(model).items())
+    rows = [json.loads(l) for l in (tmp_path / "n" / "metrics.jsonl").read_text().splitlines() if '"train"' in l]
+    assert [r["nan_skipped"] for r in rows] == [1.0, 1.0]
+
+
+def test_lora_trains_adapters_only_and_saves_a_merged_model(tmp_path, tokenizer):
+    from peft import LoraConfig, get_peft_model
+
+    base = make_tiny_model()
+    model = get_peft_model(base, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"]))
+    frozen = base.model.embed_tokens.weight.detach().clone()
+    cfg = cfg_for(tmp_path, "l", steps=2, extra=["--model.finetune", "lora", "--model.lora_rank", "4",
+                                                 "--algo.kl_coef", "0.1"])
+    summary = Trainer(cfg, model, tokenizer).train()
+    assert torch.equal(frozen, base.model.embed_tokens.weight)
+    lora_b = [p for n, p in model.named_parameters() if "lora_B" in n]
+    assert any(p.abs().sum() > 0 for p in lora_b)  # B starts at zero; training moved it
+    from transformers import AutoModelForCausalLM
+
+    merged = AutoModelForCausalLM.from_pretrained(summary["final_model"])
+    assert not any("lora" in k for k in merged.state_dict())

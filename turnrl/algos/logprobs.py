@@ -1,0 +1,95 @@
+"""Log-probabilities of action tokens under the learner, memory-frugal.
+
+Two savings that matter on a CPU: (1) the 49k-wide LM head runs only on action
+positions, in chunks; (2) the prompt shared by a group is encoded once and its KV
+cache (with gradients) is reused by every episode of the group.
+"""
+from __future__ import annotations
+
+import torch
+from torch.utils.checkpoint import checkpoint
+from transformers import DynamicCache
+
+from turnrl.types import Episode
+
+
+def _decoder(model):
+    return model.get_decoder()
+
+
+def _head_logprobs(head, hidden: torch.Tensor, targets: torch.Tensor, temps: torch.Tensor, chunk: int, with_entropy: bool):
+    """hidden (N, C), targets (N,), temps (N,) -> logprobs (N,), entropy (N,) or None."""
+    def one(h, t, tau):
+        logits = head(h).float() / tau[:, None]  # (n, V)
+        lse = torch.logsumexp(logits, -1)  # (n,)
+        lp = logits.gather(-1, t[:, None]).squeeze(-1) - lse
+        return lp, logits
+
+    lps, ents = [], []
+    for s in range(0, hidden.shape[0], chunk):
+        h, t, tau = hidden[s:s + chunk], targets[s:s + chunk], temps[s:s + chunk]
+        if torch.is_grad_enabled():
+            lp = checkpoint(lambda a, b, c: one(a, b, c)[0], h, t, tau, use_reentrant=False)
+        else:
+            lp = one(h, t, tau)[0]
+        lps.append(lp)
+        if with_entropy:
+            with torch.no_grad():
+                logits = head(h.detach()).float() / tau[:, None]
+                p = torch.softmax(logits, -1)
+                ents.append(torch.logsumexp(logits, -1) - (p * logits).sum(-1))
+    return torch.cat(lps), (torch.cat(ents) if with_entropy else None)
+
+
+def common_prefix_len(seqs: list[list[int]]) -> int:
+    n = min(len(s) for s in seqs)
+    first = seqs[0]
+    for i in range(n):
+        if any(s[i] != first[i] for s in seqs[1:]):
+            return i
+    return n
+
+
+def group_logprobs(
+    model, episodes: list[Episode], chunk: int = 1024, with_entropy: bool = False, share_prefix: bool = True
+) -> tuple[list[torch.Tensor], list[torch.Tensor] | None]:
+    """Log-probs (and entropies) of every trained action token of ``episodes``, one
+    tensor per episode, in token order. Episodes should share a prompt (one GRPO group)
+    for the prefix sharing to pay off; any list is correct."""
+    seqs = [ep.token_ids for ep in episodes]
+    masks = [ep.loss_mask for ep in episodes]
+    temps_all = [ep.temperatures for ep in episodes]
+    # Shared prefix: stop one token before the first trained token, so every trained
+    # token is predicted from a position inside the per-episode part.
+    first_action = min(m.index(True) if True in m else len(m) for m in masks)
+    p = min(common_prefix_len(seqs), first_action) - 1 if share_prefix and len(seqs) > 1 else 0
+    p = max(p, 0)
+    body = _decoder(model)
+    head = model.get_output_embeddings()
+    B = len(seqs)
+    width = max(len(s) for s in seqs) - p
+    ids = torch.full((B, width), 0, dtype=torch.long)  # (B, W) right-padded
+    attn = torch.zeros((B, p + width), dtype=torch.long)  # (B, P+W)
+    for b, s in enumerate(seqs):
+        ids[b, : len(s) - p] = torch.tensor(s[p:])
+        attn[b, : len(s)] = 1
+    pos = torch.arange(p, p + width)[None].expand(B, -1)  # (B, W)
+    cache = None
+    if p > 0:
+        cache = DynamicCache()
+        body(input_ids=torch.tensor([seqs[0][:p]]), use_cache=True, cache=cache)  # (1, P)
+        cache.batch_repeat_interleave(B)
+    hidden = body(input_ids=ids, attention_mask=attn, position_ids=pos, cache=cache, use_cache=cache is not None).last_hidden_state  # (B, W, C)
+    # Position j of the per-episode part predicts token p + j + 1.
+    rows, cols, tgts, taus = [], [], [], []
+    for b, (s, m, tt) in enumerate(zip(seqs, masks, temps_all)):
+        for k in range(max(p, 1), len(s)):
+            if m[k]:
+                rows.append(b)
+                cols.append(k - 1 - p)
+                tgts.append(s[k])
+                taus.append(tt[k])
+    h = hidden[torch.tensor(rows, dtype=torch.long), torch.tensor(cols, dtype=torch.long)]  # (N, C)
+    lp, ent = _head_logprobs(head, h, torch.tensor(tgts), torch.tensor(taus), chunk, with_entropy)
+    counts = [sum(1 for k in range(max(p, 1), len(s)) if m[k]) for s, m in zip(seqs, masks)]
+    return list(lp.split(counts)), (list(ent.split(counts)) if ent is not None else None)

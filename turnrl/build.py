@@ -1,0 +1,69 @@
+"""Build envs, the policy and the engine from a :class:`RunConfig`."""
+from __future__ import annotations
+
+import inspect
+from functools import partial
+from typing import Callable
+
+import torch
+
+from turnrl.chat import ChatFormat
+from turnrl.config import RunConfig
+from turnrl.engine.hf import HFEngine
+from turnrl.envs import ArithmeticTasks, FileTasks
+from turnrl.envs.base import Env
+from turnrl.envs.registry import resolve
+from turnrl.envs.tasks import split_tasks
+
+EVAL_SEED_OFFSET = 10**9  # custom envs: eval seeds start here; train seeds start at 0
+
+
+def build_tasks(cfg: RunConfig, split: str):
+    t = cfg.task
+    if t.source == "arithmetic":
+        return ArithmeticTasks(split, digits=t.digits, operators=t.operators, operands=t.operands,
+                               multiple_choice=t.multiple_choice, num_choices=t.num_choices, seed=t.seed)
+    source = FileTasks(t.path, t.question_field, t.answer_field, t.answer_format, t.verifier, t.extractor, t.prompt_template)
+    return split_tasks(source, split, t.eval_size, seed=t.seed)
+
+
+def env_factory(cfg: RunConfig, split: str, max_turns: int | None = None) -> Callable[[], Env]:
+    """A zero-argument constructor of fresh envs for ``split`` ('train' or 'eval')."""
+    e = cfg.env
+    turns = max_turns or e.max_turns
+    if e.name == "retry":
+        tasks = build_tasks(cfg, split)
+        factory = resolve("retry")
+        return partial(factory, tasks, max_turns=turns, feedback=e.feedback, success_decay=e.success_decay,
+                       repetition_penalty=e.repetition_penalty, format_penalty=e.format_penalty,
+                       system_prompt=e.system_prompt)
+    cls = resolve(e.name)
+    kwargs = dict(e.kwargs)
+    params = inspect.signature(cls).parameters
+    if "split" in params:
+        kwargs["split"] = split
+    if "max_turns" in params:
+        kwargs["max_turns"] = turns
+    return partial(cls, **kwargs)
+
+
+def seed_offset(cfg: RunConfig, split: str) -> int:
+    return EVAL_SEED_OFFSET if (split == "eval" and cfg.env.name != "retry") else 0
+
+
+def build_policy(cfg: RunConfig):
+    from turnrl.models import load_model, load_tokenizer
+
+    tok = load_tokenizer(cfg.model.name)
+    model = load_model(cfg.model.name, dtype=torch.float32)
+    if cfg.model.finetune == "lora":
+        from peft import LoraConfig, get_peft_model
+
+        model = get_peft_model(model, LoraConfig(r=cfg.model.lora_rank, lora_alpha=cfg.model.lora_alpha,
+                                                 target_modules=list(cfg.model.lora_targets), lora_dropout=0.0))
+    return model, tok
+
+
+def build_engine(model, tok) -> tuple[HFEngine, ChatFormat]:
+    chat = ChatFormat(tok)
+    return HFEngine(model, chat.stop_ids, tok.pad_token_id), chat

@@ -1,0 +1,62 @@
+"""Chat-template tokens for multi-turn rollouts.
+
+Token-in-token-out: the policy's sampled ids are kept as they are; only the tokens
+*around* them (template glue, feedback messages, the next generation prompt) are
+produced here. For append-only templates (ChatML and most others) the stitched ids
+decode to the same text as the template applied to the whole conversation.
+"""
+from __future__ import annotations
+
+from turnrl.types import Message
+
+_X, _Y = "\x00turnrl-user\x00", "\x00turnrl-assistant\x00"
+
+
+class ChatFormat:
+    def __init__(self, tokenizer):
+        self.tok = tokenizer
+        self.stop_ids = sorted({tokenizer.eos_token_id, *self._extra_stop_ids()})
+        base = self._render([Message("user", _X), Message("assistant", _Y)], gen=False)
+        self._assistant_suffix = base[base.index(_Y) + len(_Y):]  # e.g. "<|im_end|>\n" for ChatML
+        self._base = base
+
+    def _extra_stop_ids(self) -> list[int]:
+        ids = []
+        for t in ("<|im_end|>", "<|eot_id|>", "<|end|>"):
+            i = self.tok.convert_tokens_to_ids(t)
+            if isinstance(i, int) and i != self.tok.unk_token_id and i is not None:
+                ids.append(i)
+        return ids
+
+    def _render(self, messages: list[Message], gen: bool) -> str:
+        return self.tok.apply_chat_template(
+            [m.as_dict() for m in messages], tokenize=False, add_generation_prompt=gen
+        )
+
+    def encode(self, text: str) -> list[int]:
+        return self.tok.encode(text, add_special_tokens=False)
+
+    def prompt_ids(self, messages: list[Message]) -> list[int]:
+        """Ids of the opening conversation plus the generation prompt."""
+        return self.encode(self._render(messages, gen=True))
+
+    def continuation_ids(self, new_messages: list[Message], stopped: bool, last_id: int | None) -> list[int]:
+        """Tokens to append after an assistant turn: the rest of the assistant's closing
+        glue (all of it if the turn was cut by length), the new messages, and the next
+        generation prompt."""
+        suffix = self._assistant_suffix
+        if stopped and last_id is not None:
+            stop_text = self.tok.decode([last_id])
+            if suffix.startswith(stop_text):
+                suffix = suffix[len(stop_text):]
+        full = self._render([Message("user", _X), Message("assistant", _Y), *new_messages], gen=True)
+        if not full.startswith(self._base):
+            raise ValueError("chat template is not append-only; multi-turn token stitching needs one that is")
+        return self.encode(suffix + full[len(self._base):])
+
+    def decode_action(self, ids: list[int]) -> str:
+        """Reply text for parsing (special tokens dropped)."""
+        return self.tok.decode(ids, skip_special_tokens=True)
+
+    def render(self, messages: list[Message]) -> str:
+        return self._render(messages, gen=False)

@@ -1,0 +1,239 @@
+"""Run configuration: one typed, validated record per section.
+
+Loaded from TOML; overridden from the command line with ``--section.key value``.
+Unknown keys, wrong types, and knobs the chosen algorithm / env / task source would
+ignore are errors that name the field.
+"""
+from __future__ import annotations
+
+import json
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+
+class ConfigError(ValueError):
+    pass
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    def _forbid_unless(self, condition: bool, fields: list[str], why: str) -> None:
+        if condition:
+            return
+        set_here = [f for f in fields if f in self.model_fields_set]
+        if set_here:
+            raise ValueError(f"{', '.join(set_here)} would be ignored: {why}")
+
+
+class ModelConfig(Section):
+    name: str = Field("smollm2-135m", description="'smollm2-135m' (bundled), a local HF model dir, or a hub id")
+    finetune: Literal["full", "lora"] = Field("full", description="train all weights, or LoRA adapters (peft)")
+    lora_rank: int = Field(16, ge=1, description="LoRA rank (finetune=lora)")
+    lora_alpha: float = Field(32.0, gt=0, description="LoRA alpha (finetune=lora)")
+    lora_targets: list[str] = Field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+                                    description="module names LoRA wraps (finetune=lora)")
+    dtype: Literal["fp32", "bf16"] = Field("fp32", description="learner compute dtype (master weights stay fp32)")
+
+    @model_validator(mode="after")
+    def _check(self):
+        self._forbid_unless(self.finetune == "lora", ["lora_rank", "lora_alpha", "lora_targets"], "model.finetune is 'full'")
+        return self
+
+
+class TaskConfig(Section):
+    source: Literal["arithmetic", "file"] = Field("arithmetic", description="built-in arithmetic generator, or a local file")
+    digits: int = Field(2, ge=1, le=9, description="arithmetic: digits per operand")
+    operators: str = Field("+", description="arithmetic: operators to draw from, e.g. '+-*'")
+    operands: int = Field(2, ge=2, le=6, description="arithmetic: operands per question")
+    multiple_choice: bool = Field(False, description="arithmetic: show lettered options and ask for the letter")
+    num_choices: int = Field(4, ge=2, le=8, description="arithmetic: options per question")
+    path: str | None = Field(None, description="file: .jsonl / .csv / .parquet")
+    question_field: str = Field("question", description="file: question column")
+    answer_field: str = Field("answer", description="file: answer column")
+    answer_format: Literal["plain", "gsm8k"] = Field("plain", description="file: 'gsm8k' takes the answer after '####'")
+    verifier: Literal["math", "numeric", "exact", "choice"] = Field("math", description="file: how answers are checked")
+    extractor: Literal["auto", "answer_tag", "boxed", "last_number", "choice"] = Field("auto", description="file: how the answer is found in a reply")
+    prompt_template: str = Field("{question}", description="file: prompt text; {question} is replaced")
+    eval_size: int = Field(200, ge=1, description="file: rows held out for evaluation (seeded split)")
+    seed: int = Field(0, description="seed of the train/eval split")
+
+    @model_validator(mode="after")
+    def _check(self):
+        arith = ["digits", "operators", "operands", "multiple_choice", "num_choices"]
+        files = ["path", "question_field", "answer_field", "answer_format", "verifier", "extractor", "prompt_template", "eval_size"]
+        self._forbid_unless(self.source == "arithmetic", arith, "task.source is not 'arithmetic'")
+        self._forbid_unless(self.source == "file", files, "task.source is not 'file'")
+        if self.source == "file" and not self.path:
+            raise ValueError("path is required when source = 'file'")
+        self._forbid_unless(self.multiple_choice, ["num_choices"], "task.multiple_choice is false")
+        return self
+
+
+class EnvConfig(Section):
+    name: str = Field("retry", description="registered env name, or 'module.path:Class' for your own")
+    max_turns: int = Field(5, ge=1, description="attempts per episode")
+    feedback: str = Field("Incorrect. Please think again.", description="retry: message after a wrong answer (UFO's string)")
+    success_decay: float = Field(0.5, ge=0, le=1, description="retry: reward gamma**(k-1) for success at attempt k")
+    repetition_penalty: float = Field(0.5, ge=0, description="retry: lambda in -lambda*(1-E/T); 0 = off")
+    format_penalty: float = Field(0.1, ge=0, description="retry: penalty per turn with no parseable answer; 0 = off")
+    system_prompt: str | None = Field(None, description="retry: optional system message")
+    kwargs: dict[str, Any] = Field(default_factory=dict, description="keyword arguments for a custom env class")
+
+    @model_validator(mode="after")
+    def _check(self):
+        retry = ["feedback", "success_decay", "repetition_penalty", "format_penalty", "system_prompt"]
+        self._forbid_unless(self.name == "retry", retry, f"env.name is {self.name!r}, not 'retry'")
+        self._forbid_unless(self.name != "retry", ["kwargs"], "the retry env is configured by its own fields")
+        return self
+
+
+class RolloutSection(Section):
+    prompts_per_step: int = Field(4, ge=1, description="distinct tasks per step")
+    group_size: int = Field(8, ge=2, description="episodes per task (a GRPO group)")
+    temperature: float = Field(0.7, gt=0, description="sampling temperature for training rollouts")
+    retry_temperature: float | None = Field(None, gt=0, description="temperature for attempts >= 2 (default: same)")
+    top_p: float = Field(1.0, gt=0, le=1, description="nucleus sampling")
+    top_k: int = Field(0, ge=0, description="top-k sampling; 0 = off")
+    max_new_tokens: int = Field(32, ge=1, description="token limit per turn")
+    max_context: int = Field(1024, ge=16, description="token limit per episode")
+    rise_groups: int = Field(0, ge=0, description="extra groups per step started from the policy's own wrong first answer (RISE-style)")
+
+
+class AlgoConfig(Section):
+    name: Literal["grpo", "dr_grpo"] = Field("grpo", description="grpo (arXiv 2402.03300) or dr_grpo (arXiv 2503.20783)")
+    scale_by_std: bool = Field(True, description="grpo: divide group-centred returns by the group std")
+    loss_agg: Literal["token_mean", "seq_mean"] = Field("token_mean", description="grpo: average over all tokens, or per sequence then over sequences")
+    max_tokens_norm: int = Field(512, ge=1, description="dr_grpo: constant the summed token loss is divided by")
+    clip_low: float = Field(0.2, ge=0, lt=1, description="PPO ratio lower bound 1-clip_low")
+    clip_high: float = Field(0.28, ge=0, description="PPO ratio upper bound 1+clip_high (DAPO clip-higher)")
+    kl_coef: float = Field(0.0, ge=0, description="weight of the k3 KL to the frozen initial policy; 0 = no reference model")
+    filter: Literal["none", "zero_variance", "top_std"] = Field("zero_variance", description="group filter before the update")
+    top_std_fraction: float = Field(0.25, gt=0, le=1, description="filter=top_std: fraction of groups kept (StarPO-S)")
+
+    @model_validator(mode="after")
+    def _check(self):
+        self._forbid_unless(self.name == "grpo", ["scale_by_std", "loss_agg"], "dr_grpo fixes them (no std, constant norm)")
+        self._forbid_unless(self.name == "dr_grpo", ["max_tokens_norm"], "only dr_grpo uses a constant normaliser")
+        self._forbid_unless(self.filter == "top_std", ["top_std_fraction"], "algo.filter is not 'top_std'")
+        return self
+
+
+class TrainConfig(Section):
+    steps: int = Field(20, ge=0, description="optimizer steps")
+    lr: float = Field(1e-5, gt=0, description="AdamW learning rate")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay")
+    betas: tuple[float, float] = Field((0.9, 0.999), description="AdamW betas")
+    warmup_steps: int = Field(0, ge=0, description="linear warm-up steps, then constant")
+    max_grad_norm: float = Field(1.0, gt=0, description="gradient clipping")
+    micro_groups: int = Field(1, ge=1, description="groups per forward/backward (gradient accumulation unit)")
+    logprob_chunk: int = Field(1024, ge=1, description="action tokens per LM-head chunk")
+    seed: int = Field(0, description="seed of sampling and initialisation")
+    out_dir: str = Field("runs/demo", description="run directory: metrics, checkpoints, final model")
+    checkpoint_every: int = Field(10, ge=0, description="steps between checkpoints; 0 = only at the end")
+    keep_checkpoints: int = Field(2, ge=1, description="checkpoints kept on disk")
+    threads: int = Field(0, ge=0, description="torch CPU threads; 0 = torch's default")
+
+
+class EvalConfig(Section):
+    every: int = Field(0, ge=0, description="steps between held-out evaluations; 0 = only before and after")
+    num_tasks: int = Field(200, ge=1, description="held-out tasks (fixed seeds 0..n-1 of the eval split)")
+    temperature: float = Field(0.0, ge=0, description="multi-turn eval sampling; 0 = greedy")
+    pass_k: int = Field(5, ge=0, description="k of Pass@k (independent single-turn samples); 0 = skip")
+    pass_temperature: float = Field(0.7, gt=0, description="temperature of the Pass@k samples")
+    max_new_tokens: int | None = Field(None, ge=1, description="per-turn limit in eval (default: rollout's)")
+    batch_size: int = Field(64, ge=1, description="episodes per generate batch")
+    before: bool = Field(True, description="evaluate the initial model too")
+
+
+class LogConfig(Section):
+    progress: bool = Field(True, description="progress bar on the console")
+    tensorboard: bool = Field(False, description="also write TensorBoard event files")
+
+
+class RunConfig(Section):
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    task: TaskConfig = Field(default_factory=TaskConfig)
+    env: EnvConfig = Field(default_factory=EnvConfig)
+    rollout: RolloutSection = Field(default_factory=RolloutSection)
+    algo: AlgoConfig = Field(default_factory=AlgoConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+    log: LogConfig = Field(default_factory=LogConfig)
+
+    @model_validator(mode="after")
+    def _check(self):
+        if self.env.name != "retry" and "task" in self.model_fields_set:
+            raise ValueError("task: the [task] section only feeds the retry env; a custom env gets env.kwargs")
+        return self
+
+
+def _format_error(err: ValidationError, source: str) -> str:
+    lines = []
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"])
+        msg = e["msg"].removeprefix("Value error, ")
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key"
+        lines.append(f"{source}: {loc or '(top level)'}: {msg}")
+    return "\n".join(lines)
+
+
+def parse_overrides(args: list[str]) -> dict[str, Any]:
+    """``["--train.lr", "1e-4", ...]`` -> ``{"train": {"lr": 1e-4}}``; values are parsed
+    as JSON when they can be (numbers, booleans, lists), else kept as strings."""
+    out: dict[str, Any] = {}
+    i = 0
+    while i < len(args):
+        key = args[i]
+        if not key.startswith("--") or "." not in key:
+            raise ConfigError(f"override {key!r} must look like --section.key value")
+        if "=" in key:
+            key, value = key.split("=", 1)
+            i += 1
+        else:
+            if i + 1 >= len(args):
+                raise ConfigError(f"override {key} has no value")
+            value = args[i + 1]
+            i += 2
+        try:
+            parsed = json.loads(value)
+        except json.JSONDecodeError:
+            parsed = value
+        node = out
+        parts = key[2:].split(".")
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+        node[parts[-1]] = parsed
+    return out
+
+
+def _merge(base: dict, extra: dict) -> dict:
+    merged = dict(base)
+    for k, v in extra.items():
+        merged[k] = _merge(merged[k], v) if isinstance(v, dict) and isinstance(merged.get(k), dict) else v
+    return merged
+
+
+def load_config(path: str | Path | None, overrides: list[str] | None = None) -> RunConfig:
+    data: dict[str, Any] = {}
+    source = "defaults"
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file {p} not found")
+        try:
+            data = tomllib.loads(p.read_text())
+        except tomllib.TOMLDecodeError as e:
+            raise ConfigError(f"{p}: invalid TOML: {e}") from None
+        source = str(p)
+    if overrides:
+        data = _merge(data, parse_overrides(overrides))
+        source += " + command-line overrides"
+    try:
+        return RunConfig.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(_format_error(e, source)) from None

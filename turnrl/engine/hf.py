@@ -1,0 +1,185 @@
+"""Hugging Face engine: batched sampling with one KV cache kept across turns.
+
+All conversations of a rollout live in one batched ``DynamicCache``. When a request
+extends the ids already cached for its key, only the new suffix is encoded: earlier
+turns are never re-encoded. Rows have different lengths, so the suffixes are
+left-padded; padded slots are masked out (``attention_mask`` 0) and every real token
+gets its true position id, so the model sees exactly the context of an unpadded run.
+Rows that finish are dropped from the batch at once, so no compute goes to them.
+"""
+from __future__ import annotations
+
+from typing import Hashable
+
+import torch
+from transformers import DynamicCache
+
+from turnrl.engine.base import GenRequest, GenResult, SamplingParams
+
+
+class HFEngine:
+    def __init__(self, model, stop_ids: list[int], pad_id: int, dtype: torch.dtype | None = None):
+        self.model = model
+        self.stop_ids = torch.tensor(sorted(set(stop_ids)))
+        self.pad_id = pad_id
+        self.dtype = dtype  # autocast dtype for sampling (e.g. torch.bfloat16), None = model dtype
+        self.release()
+
+    # -- state ---------------------------------------------------------------------------
+    def release(self) -> None:
+        self._keys: list[Hashable] = []
+        self._cached: list[list[int]] = []  # ids held in the cache, per row
+        self._cache: DynamicCache | None = None
+        self._mask: torch.Tensor | None = None  # (B, L) 1 where the cache slot is real
+
+    def load_weights(self, model) -> None:
+        self.model = model
+        self.release()
+
+    def _select(self, rows: list[int]) -> None:
+        """Keep only ``rows`` of the cache, in that order."""
+        idx = torch.tensor(rows, dtype=torch.long)
+        self._keys = [self._keys[r] for r in rows]
+        self._cached = [self._cached[r] for r in rows]
+        if self._cache is not None:
+            self._cache.batch_select_indices(idx)
+            self._mask = self._mask[idx]
+
+    def _reusable_rows(self, requests: list[GenRequest]) -> list[int] | None:
+        pos = {k: i for i, k in enumerate(self._keys)}
+        rows = []
+        for r in requests:
+            i = pos.get(r.key)
+            if i is None:
+                return None
+            c = self._cached[i]
+            if len(r.token_ids) <= len(c) or r.token_ids[: len(c)] != c:
+                return None
+            rows.append(i)
+        return rows
+
+    # -- forward -------------------------------------------------------------------------
+    def _forward(self, chunks: list[list[int]]) -> torch.Tensor:
+        """Append ``chunks`` (one per row, each non-empty) to the cache; return last logits (B, V)."""
+        width = max(len(c) for c in chunks)
+        ids = torch.full((len(chunks), width), self.pad_id, dtype=torch.long)  # (B, W)
+        new_mask = torch.zeros((len(chunks), width), dtype=torch.long)  # (B, W)
+        pos = torch.zeros((len(chunks), width), dtype=torch.long)  # (B, W)
+        for b, c in enumerate(chunks):
+            n0 = len(self._cached[b])
+            ids[b, width - len(c):] = torch.tensor(c)
+            new_mask[b, width - len(c):] = 1
+            pos[b, width - len(c):] = torch.arange(n0, n0 + len(c))
+            self._cached[b] = self._cached[b] + c
+        mask = new_mask if self._mask is None else torch.cat([self._mask, new_mask], dim=1)  # (B, L+W)
+        if self._cache is None:
+            self._cache = DynamicCache()
+        with torch.autocast("cpu", dtype=self.dtype, enabled=self.dtype is not None):
+            out = self.model(
+                input_ids=ids, attention_mask=mask, position_ids=pos, cache=self._cache,
+                use_cache=True, logits_to_keep=1,
+            )
+        self._mask = mask
+        return out.logits[:, -1, :].float()  # (B, V)
+
+    # -- sampling ------------------------------------------------------------------------
+    @staticmethod
+    def _sample(logits: torch.Tensor, sp: SamplingParams, gen: torch.Generator):
+        """Return sampled ids (B,) and their log-probs under softmax(logits / T)."""
+        if sp.temperature <= 0:
+            ids = logits.argmax(-1)
+            logp = torch.log_softmax(logits, -1)
+            return ids, logp.gather(-1, ids[:, None]).squeeze(-1)
+        scaled = logits / sp.temperature  # (B, V)
+        logp = torch.log_softmax(scaled, -1)  # (B, V)
+        filt = scaled
+        if sp.top_k > 0:
+            kth = torch.topk(filt, min(sp.top_k, filt.shape[-1]), dim=-1).values[:, -1:]
+            filt = filt.masked_fill(filt < kth, float("-inf"))
+        if sp.top_p < 1.0:
+            sorted_logits, order = torch.sort(filt, descending=True, dim=-1)
+            cum = torch.softmax(sorted_logits, -1).cumsum(-1)
+            drop = cum - torch.softmax(sorted_logits, -1) > sp.top_p  # keep the first token always
+            filt = filt.scatter(-1, order, sorted_logits.masked_fill(drop, float("-inf")))
+        probs = torch.softmax(filt, -1)
+        ids = torch.multinomial(probs, 1, generator=gen).squeeze(-1)  # (B,)
+        return ids, logp.gather(-1, ids[:, None]).squeeze(-1)
+
+    @torch.no_grad()
+    def generate(self, requests: list[GenRequest], sampling: SamplingParams) -> list[GenResult]:
+        if not requests:
+            return []
+        rows = self._reusable_rows(requests)
+        if rows is None:  # new conversations: start a fresh cache
+            self.release()
+            self._keys = [r.key for r in requests]
+            self._cached = [[] for _ in requests]
+        else:
+            self._select(rows)
+        chunks = [r.token_ids[len(c):] for r, c in zip(requests, self._cached)]
+        gen = torch.Generator().manual_seed(sampling.seed)
+        was_training = self.model.training
+        self.model.eval()
+        results = [GenResult([], [], False) for _ in requests]
+        live = list(range(len(requests)))  # request index of each cache row
+        logits = self._forward(chunks)
+        for _ in range(sampling.max_new_tokens):
+            ids, logps = self._sample(logits, sampling, gen)
+            stop = torch.isin(ids, self.stop_ids)
+            keep = []
+            for b, req_i in enumerate(live):
+                res = results[req_i]
+                res.token_ids.append(int(ids[b]))
+                res.logprobs.append(float(logps[b]))
+                if bool(stop[b]):
+                    res.stopped = True
+                elif len(res.token_ids) < sampling.max_new_tokens:
+                    keep.append(b)
+            if not keep:
+                break
+            if len(keep) < len(live):
+                # Finished rows leave the cache (their last token was never fed). They are
+                # kept aside so the next turn can still extend them.
+                self._park([b for b in range(len(live)) if b not in keep])
+                self._select_live(keep)
+                live = [live[b] for b in keep]
+                ids = ids[torch.tensor(keep)]
+            logits = self._forward([[int(t)] for t in ids])
+        self._unpark()
+        if was_training:
+            self.model.train()
+        return results
+
+    # Rows that finish early are parked (their cache rows split off) and merged back at
+    # the end of the call, so the next turn finds every conversation in one batch.
+    def _park(self, rows: list[int]) -> None:
+        idx = torch.tensor(rows, dtype=torch.long)
+        parked = getattr(self, "_parked", [])
+        layers = [(l.keys[idx], l.values[idx]) for l in self._cache.layers]
+        parked.append(([self._keys[r] for r in rows], [self._cached[r] for r in rows], self._mask[idx], layers))
+        self._parked = parked
+
+    def _select_live(self, rows: list[int]) -> None:
+        self._select(rows)
+
+    def _unpark(self) -> None:
+        parked = getattr(self, "_parked", [])
+        self._parked = []
+        for keys, cached, mask, layers in parked:
+            width = max(self._mask.shape[1], mask.shape[1])
+            self._mask = torch.cat([_left_pad(self._mask, width), _left_pad(mask, width)])
+            for layer, (k, v) in zip(self._cache.layers, layers):
+                layer.keys = torch.cat([_left_pad(layer.keys, width, dim=2), _left_pad(k, width, dim=2)])
+                layer.values = torch.cat([_left_pad(layer.values, width, dim=2), _left_pad(v, width, dim=2)])
+            self._keys += keys
+            self._cached += cached
+
+
+def _left_pad(x: torch.Tensor, width: int, dim: int = 1) -> torch.Tensor:
+    """Left-pad ``x`` with zeros along ``dim`` to ``width`` (padded slots are masked)."""
+    missing = width - x.shape[dim]
+    if missing <= 0:
+        return x
+    shape = list(x.shape)
+    shape[dim] = missing
+    return torch.cat([x.new_zeros(shape), x], dim=dim)

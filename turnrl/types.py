@@ -1,0 +1,123 @@
+"""Core data types shared by every module.
+
+Vocabulary (one name per quantity): ``rewards`` are what the env returns per turn,
+``returns`` what an algorithm sums from them, ``advantages`` what the loss weighs.
+``old_logprobs`` come from the sampler, ``ref_logprobs`` from the frozen reference,
+``logprobs`` from the policy being trained.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import torch
+
+Role = Literal["system", "user", "assistant", "tool"]
+
+
+@dataclass(frozen=True)
+class Message:
+    role: Role
+    content: str
+
+    def as_dict(self) -> dict[str, str]:
+        return {"role": self.role, "content": self.content}
+
+
+@dataclass
+class Step:
+    """What ``Env.step`` returns (Gymnasium shape, over chat messages)."""
+
+    messages: list[Message]  # new messages to append after the action (e.g. feedback)
+    reward: float
+    terminated: bool  # the task is over (solved, or the env says no more attempts)
+    truncated: bool  # cut from outside the task: turn cap
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Turn:
+    """One action of the policy and the observation tokens that preceded it."""
+
+    obs_ids: list[int]  # tokens the env and chat template added before this action; never trained
+    action_ids: list[int]  # exactly as sampled
+    action_logprobs: list[float]  # the sampler's log-probabilities of action_ids
+    text: str = ""  # decoded action, for parsing and logs only
+    reward: float = 0.0
+    void: bool = False  # the env judged the turn invalid (no parseable answer, ...)
+    cut_by_length: bool = False  # hit the per-turn token limit before end-of-turn
+    temperature: float = 1.0  # the sampling temperature; the learner scores the action at it
+    frozen: bool = False  # a replayed earlier action kept as context, not trained (RISE-style starts)
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Episode:
+    turns: list[Turn]
+    group_id: int  # same task and seed => same group
+    task_id: str = ""
+    terminated: bool = False  # task over (solved / env ended it)
+    truncated: bool = False  # turn cap or context limit
+    truncated_by: str = ""  # "max_turns" | "context" | ""
+    info: dict[str, Any] = field(default_factory=dict)
+    messages: list[Message] = field(default_factory=list)  # the conversation as text, for logs
+
+    @property
+    def token_ids(self) -> list[int]:
+        return [t for turn in self.turns for t in (*turn.obs_ids, *turn.action_ids)]
+
+    @property
+    def loss_mask(self) -> list[bool]:
+        """True exactly on sampled action tokens."""
+        return [m for turn in self.turns
+                for m in (*([False] * len(turn.obs_ids)), *([not turn.frozen] * len(turn.action_ids)))]
+
+    @property
+    def turn_index(self) -> list[int]:
+        """Index of the turn each token belongs to (obs tokens belong to the turn they precede)."""
+        return [i for i, turn in enumerate(self.turns) for _ in range(len(turn.obs_ids) + len(turn.action_ids))]
+
+    @property
+    def temperatures(self) -> list[float]:
+        return [t.temperature for t in self.turns for _ in range(len(t.obs_ids) + len(t.action_ids))]
+
+    @property
+    def live_turns(self) -> list[Turn]:
+        """Turns the policy took in this episode (replayed prefix turns excluded)."""
+        return [t for t in self.turns if not t.frozen]
+
+    @property
+    def old_logprobs(self) -> list[float]:
+        """Sampler logprobs aligned with token_ids (0.0 on non-action tokens)."""
+        return [lp for turn in self.turns for lp in (*([0.0] * len(turn.obs_ids)), *turn.action_logprobs)]
+
+    @property
+    def total_reward(self) -> float:
+        return sum(t.reward for t in self.turns)
+
+    @property
+    def num_action_tokens(self) -> int:
+        return sum(len(t.action_ids) for t in self.live_turns)
+
+
+@dataclass
+class Batch:
+    """Padded tensors for the learner; built by :func:`turnrl.algos.collate`.
+
+    Shift convention (defined here only): ``input_ids[:, t]`` is predicted from the
+    hidden state at ``t - 1``. ``targets``/``action_mask``/``old_logprobs``/``advantages``
+    are already shifted: entry ``t`` scores ``input_ids[:, t + 1]``. Shapes: ``(B, T)``
+    for ``input_ids``/``attention_mask`` and ``(B, T - 1)`` for the rest.
+    """
+
+    input_ids: torch.Tensor  # (B, T) long
+    attention_mask: torch.Tensor  # (B, T) long, 1 on real tokens
+    targets: torch.Tensor  # (B, T-1) long
+    action_mask: torch.Tensor  # (B, T-1) bool, True where targets is a trained action token
+    old_logprobs: torch.Tensor  # (B, T-1) float
+    advantages: torch.Tensor  # (B, T-1) float
+    ref_logprobs: torch.Tensor | None = None  # (B, T-1) float, when KL is on
+
+    @property
+    def num_action_tokens(self) -> int:
+        return int(self.action_mask.sum())
