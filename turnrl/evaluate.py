@@ -30,14 +30,17 @@ def evaluate(engine, chat, cfg: RunConfig) -> tuple[dict[str, float], list[Episo
     episodes = _run(engine, chat, env_factory(cfg, "eval"), seeds, rcfg, ev.batch_size)
     metrics = episode_metrics(episodes, cfg.env.max_turns)
     if ev.pass_k > 0:
-        single = env_factory(cfg, "eval", max_turns=1)
-        correct = {s: 0 for s in seeds}
-        for j in range(ev.pass_k):
-            rc = RolloutConfig(replace(sp, temperature=ev.pass_temperature, seed=cfg.train.seed + 100 + j),
-                               max_context=cfg.rollout.max_context)
-            for ep, s in zip(_run(engine, chat, single, seeds, rc, ev.batch_size), seeds):
-                correct[s] += int(bool(ep.turns[0].info.get("correct")))
+        # k independent single-attempt samples per task, side by side in one batch, so
+        # the engine encodes each prompt once (Pass@k baseline of UFO, arXiv 2507.14295)
         k = ev.pass_k
+        rc = RolloutConfig(replace(sp, temperature=ev.pass_temperature, seed=cfg.train.seed + 100),
+                           max_context=cfg.rollout.max_context)
+        repeated = [s for s in seeds for _ in range(k)]
+        per_batch = max(k, ev.batch_size // k * k)
+        samples = _run(engine, chat, env_factory(cfg, "eval", max_turns=1), repeated, rc, per_batch)
+        correct = {s: 0 for s in seeds}
+        for ep, s in zip(samples, repeated):
+            correct[s] += int(bool(ep.turns[0].info.get("correct")))
         metrics[f"pass@{k}"] = sum(pass_at_k(k, c, k) for c in correct.values()) / len(seeds)
         metrics["pass@1"] = sum(pass_at_k(k, c, 1) for c in correct.values()) / len(seeds)
     return metrics, episodes

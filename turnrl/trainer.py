@@ -5,6 +5,7 @@ import copy
 import json
 import math
 import time
+from dataclasses import replace
 from collections import defaultdict
 from pathlib import Path
 
@@ -86,8 +87,7 @@ class Trainer:
         gids = [-(1 + i) for i in range(len(starts)) for _ in range(r.group_size)]  # own groups
         prefixes = [[text] for _, text in starts for _ in range(r.group_size)]
         cfg = self.rollout_config(step)
-        cfg = RolloutConfig(SamplingParams(**{**cfg.sampling.__dict__, "seed": cfg.sampling.seed + 50_000}),
-                            cfg.max_context, cfg.retry_temperature)
+        cfg = replace(cfg, sampling=replace(cfg.sampling, seed=cfg.sampling.seed + 50_000))
         return collect(envs, seeds, gids, self.engine, self.chat, cfg, prefixes=prefixes)
 
     # -- update --------------------------------------------------------------------------

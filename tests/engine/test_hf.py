@@ -58,3 +58,15 @@ def test_top_k_one_is_greedy(tiny_model, tokenizer):
     eng.release()
     k1 = eng.generate(req, SamplingParams(temperature=1.0, top_k=1, max_new_tokens=5, seed=9))
     assert g[0].token_ids == k1[0].token_ids
+
+
+def test_repeated_prompts_are_encoded_once_and_sampled_independently(tiny_model, tokenizer):
+    eng = HFEngine(tiny_model, [2], tokenizer.pad_token_id)
+    p, q = _prompts(tokenizer, ["same prompt", "another one"])
+    reqs = [GenRequest(0, p), GenRequest(1, q), GenRequest(2, p), GenRequest(3, p)]
+    greedy = eng.generate(reqs, SamplingParams(temperature=0, max_new_tokens=5))
+    assert greedy[0].token_ids == greedy[2].token_ids == greedy[3].token_ids == _reference_greedy(tiny_model, p, 5)
+    assert greedy[1].token_ids == _reference_greedy(tiny_model, q, 5)
+    eng.release()
+    sampled = eng.generate(reqs, SamplingParams(temperature=1.0, max_new_tokens=8, seed=0))
+    assert len({tuple(r.token_ids) for r in (sampled[0], sampled[2], sampled[3])}) > 1

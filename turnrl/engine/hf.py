@@ -31,6 +31,7 @@ class HFEngine:
         self._cached: list[list[int]] = []  # ids held in the cache, per row
         self._cache: DynamicCache | None = None
         self._mask: torch.Tensor | None = None  # (B, L) 1 where the cache slot is real
+        self._parked: list = []  # rows that finished this call, split off the cache
 
     def load_weights(self, model) -> None:
         self.model = model
@@ -109,20 +110,17 @@ class HFEngine:
     def generate(self, requests: list[GenRequest], sampling: SamplingParams) -> list[GenResult]:
         if not requests:
             return []
-        rows = self._reusable_rows(requests)
-        if rows is None:  # new conversations: start a fresh cache
-            self.release()
-            self._keys = [r.key for r in requests]
-            self._cached = [[] for _ in requests]
-        else:
-            self._select(rows)
-        chunks = [r.token_ids[len(c):] for r, c in zip(requests, self._cached)]
-        gen = torch.Generator().manual_seed(sampling.seed)
         was_training = self.model.training
         self.model.eval()
+        rows = self._reusable_rows(requests)
+        if rows is None:  # new conversations: start a fresh cache
+            logits = self._prefill_fresh(requests)
+        else:
+            self._select(rows)
+            logits = self._forward([r.token_ids[len(c):] for r, c in zip(requests, self._cached)])
+        gen = torch.Generator().manual_seed(sampling.seed)
         results = [GenResult([], [], False) for _ in requests]
         live = list(range(len(requests)))  # request index of each cache row
-        logits = self._forward(chunks)
         for _ in range(sampling.max_new_tokens):
             ids, logps = self._sample(logits, sampling, gen)
             stop = torch.isin(ids, self.stop_ids)
@@ -141,7 +139,7 @@ class HFEngine:
                 # Finished rows leave the cache (their last token was never fed). They are
                 # kept aside so the next turn can still extend them.
                 self._park([b for b in range(len(live)) if b not in keep])
-                self._select_live(keep)
+                self._select(keep)
                 live = [live[b] for b in keep]
                 ids = ids[torch.tensor(keep)]
             logits = self._forward([[int(t)] for t in ids])
@@ -150,21 +148,28 @@ class HFEngine:
             self.model.train()
         return results
 
+    def _prefill_fresh(self, requests: list[GenRequest]) -> torch.Tensor:
+        """Encode each distinct prompt once (a GRPO group repeats one prompt group_size
+        times), then give every request its own copy of the cache rows."""
+        self.release()
+        distinct: dict[tuple[int, ...], int] = {}
+        which = [distinct.setdefault(tuple(r.token_ids), len(distinct)) for r in requests]
+        self._keys = list(range(len(distinct)))
+        self._cached = [[] for _ in distinct]
+        logits = self._forward([list(ids) for ids in distinct])  # (U, V)
+        self._select(which)
+        self._keys = [r.key for r in requests]
+        return logits[torch.tensor(which)]  # (B, V)
+
     # Rows that finish early are parked (their cache rows split off) and merged back at
     # the end of the call, so the next turn finds every conversation in one batch.
     def _park(self, rows: list[int]) -> None:
         idx = torch.tensor(rows, dtype=torch.long)
-        parked = getattr(self, "_parked", [])
         layers = [(l.keys[idx], l.values[idx]) for l in self._cache.layers]
-        parked.append(([self._keys[r] for r in rows], [self._cached[r] for r in rows], self._mask[idx], layers))
-        self._parked = parked
-
-    def _select_live(self, rows: list[int]) -> None:
-        self._select(rows)
+        self._parked.append(([self._keys[r] for r in rows], [self._cached[r] for r in rows], self._mask[idx], layers))
 
     def _unpark(self) -> None:
-        parked = getattr(self, "_parked", [])
-        self._parked = []
+        parked, self._parked = self._parked, []
         for keys, cached, mask, layers in parked:
             width = max(self._mask.shape[1], mask.shape[1])
             self._mask = torch.cat([_left_pad(self._mask, width), _left_pad(mask, width)])
