@@ -12,6 +12,11 @@ def test_check_env_on_builtin_and_user_env(capsys):
     assert "ok" in capsys.readouterr().out
 
 
+def test_check_env_reports_a_broken_env(capsys):
+    assert main(["check-env", "tests.envs.test_retry:BadReward"]) == 1
+    assert "finite" in capsys.readouterr().err
+
+
 def test_config_error_exits_2_and_names_the_field(tmp_path, capsys):
     p = tmp_path / "bad.toml"
     p.write_text("[train]\nstepz = 3\n")
@@ -24,3 +29,8 @@ def test_rollout_prints_trained_tokens_with_the_real_model(capsys):
                "--rollout.max_new_tokens", "8"])
     out = capsys.readouterr().out
     assert rc == 0 and "=== episode" in out and "[[" in out and "--- turn 1" in out
+
+
+def test_missing_model_path_is_one_clear_error(tmp_path, capsys):
+    assert main(["eval", "--model", str(tmp_path / "nope")]) == 1
+    assert "does not exist" in capsys.readouterr().err

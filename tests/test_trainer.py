@@ -26,7 +26,7 @@ def weights(model):
 def test_three_steps_change_the_weights_without_nan(tmp_path, tokenizer):
     model = make_tiny_model()
     before = weights(model)
-    summary = Trainer(cfg_for(tmp_path), model, tokenizer).train()
+    summary = Trainer(cfg_for(tmp_path, extra=["--log.tensorboard", "true"]), model, tokenizer).train()
     after = weights(model)
     changed = sum(not torch.equal(before[k], after[k]) for k in before)
     assert changed >= len(before) // 2
@@ -36,6 +36,7 @@ def test_three_steps_change_the_weights_without_nan(tmp_path, tokenizer):
     assert [r["step"] for r in train] == [1, 2, 3]
     assert all(math.isfinite(r["loss"]) and r["nan_skipped"] == 0 for r in train)
     assert abs(train[0]["ratio_mean"] - 1.0) < 1e-3  # first PPO ratio = 1 (on-policy)
+    assert list((tmp_path / "run" / "tensorboard").glob("events.out.tfevents.*"))
     # the final model is plain Hugging Face format
     from transformers import AutoModelForCausalLM
 

@@ -17,6 +17,7 @@ def _parser() -> argparse.ArgumentParser:
         s = sub.add_parser(name, help=help_, description=help_ + ". Any config field can be overridden "
                            "with --section.key value (e.g. --train.lr 1e-5).")
         s.add_argument("config", nargs="?", help="TOML config file (defaults if omitted)")
+        s.add_argument("--model", dest="model_name", help="shortcut for --model.name: 'smollm2-135m', a local HF dir, or a hub id")
         if name == "train":
             s.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in train.out_dir")
         if name == "rollout":
@@ -54,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(f"config error: {e}", file=sys.stderr)
         return 2
-    except (FileNotFoundError, ValueError, RuntimeError) as e:
+    except (FileNotFoundError, ValueError, RuntimeError) as e:  # DataError, ModelLoadError, EnvCheckError, ...
         print(f"error: {e}", file=sys.stderr)
         return 1
 
@@ -69,12 +70,18 @@ def _dispatch(args, rest: list[str]) -> int:
         return 0
     if args.cmd == "check-env":
         from turnrl.build import env_factory
-        from turnrl.envs import check_env
+        from turnrl.envs import EnvCheckError, check_env
 
         cfg = load_config(args.config, ["--env.name", args.env, *rest])
-        check_env(env_factory(cfg, "train")())
+        try:
+            check_env(env_factory(cfg, "train")())
+        except EnvCheckError as e:
+            print(f"{args.env}: FAILED: {e}", file=sys.stderr)
+            return 1
         print(f"{args.env}: ok")
         return 0
+    if getattr(args, "model_name", None):
+        rest = [*rest, "--model.name", args.model_name]
     cfg = load_config(args.config, rest)
     if args.cmd == "train":
         from turnrl.trainer import Trainer
