@@ -43,7 +43,8 @@ class Trainer:
         if cfg.algo.kl_coef > 0 and cfg.model.finetune == "full":
             self.ref = copy.deepcopy(model).eval().requires_grad_(False)
         params = [p for p in model.parameters() if p.requires_grad]
-        self.opt = torch.optim.AdamW(params, lr=cfg.train.lr, betas=cfg.train.betas, weight_decay=cfg.train.weight_decay)
+        self.opt = torch.optim.AdamW(params, lr=cfg.train.lr, betas=cfg.train.betas, weight_decay=cfg.train.weight_decay,
+                                     fused=True)  # one kernel for all parameters (CPU and CUDA)
         warm = cfg.train.warmup_steps
         self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lambda s: min(1.0, (s + 1) / warm) if warm else 1.0)
         self.make_env = env_factory(cfg, "train")

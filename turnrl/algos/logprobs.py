@@ -18,27 +18,63 @@ def _decoder(model):
 
 
 def _head_logprobs(head, hidden: torch.Tensor, targets: torch.Tensor, temps: torch.Tensor, chunk: int, with_entropy: bool):
-    """hidden (N, C), targets (N,), temps (N,) -> logprobs (N,), entropy (N,) or None."""
+    """hidden (N, C), targets (N,), temps (N,) -> logprobs (N,), entropy (N,) or None.
+
+    One chunk: plain autograd (the logits are freed after backward). Several chunks:
+    each is checkpointed, so only one chunk's (n, V) logits are alive at a time."""
     def one(h, t, tau):
         logits = head(h).float() / tau[:, None]  # (n, V)
         lse = torch.logsumexp(logits, -1)  # (n,)
-        lp = logits.gather(-1, t[:, None]).squeeze(-1) - lse
-        return lp, logits
+        return logits.gather(-1, t[:, None]).squeeze(-1) - lse, logits, lse
 
+    def entropy(logits, lse):
+        with torch.no_grad():
+            return lse - (torch.softmax(logits, -1) * logits).sum(-1)
+
+    if hidden.shape[0] <= chunk:
+        lp, logits, lse = one(hidden, targets, temps)
+        return lp, (entropy(logits, lse) if with_entropy else None)
     lps, ents = [], []
     for s in range(0, hidden.shape[0], chunk):
         h, t, tau = hidden[s:s + chunk], targets[s:s + chunk], temps[s:s + chunk]
         if torch.is_grad_enabled():
-            lp = checkpoint(lambda a, b, c: one(a, b, c)[0], h, t, tau, use_reentrant=False)
+            lps.append(checkpoint(lambda a, b, c: one(a, b, c)[0], h, t, tau, use_reentrant=False))
+            if with_entropy:
+                with torch.no_grad():
+                    _, logits, lse = one(h.detach(), t, tau)
+                    ents.append(entropy(logits, lse))
         else:
-            lp = one(h, t, tau)[0]
-        lps.append(lp)
-        if with_entropy:
-            with torch.no_grad():
-                logits = head(h.detach()).float() / tau[:, None]
-                p = torch.softmax(logits, -1)
-                ents.append(torch.logsumexp(logits, -1) - (p * logits).sum(-1))
+            lp, logits, lse = one(h, t, tau)
+            lps.append(lp)
+            if with_entropy:
+                ents.append(entropy(logits, lse))
     return torch.cat(lps), (torch.cat(ents) if with_entropy else None)
+
+
+def _embed(model, ids: torch.Tensor) -> torch.Tensor:
+    """Input embeddings whose gradient is added sparsely into the embedding matrix.
+
+    Autograd's embedding backward builds a dense (vocab, C) gradient for every call
+    (49k x 576 for SmolLM2): on a CPU that cost more than the layers it feeds. Here the
+    lookup is taken as a leaf and a hook ``index_add_``s its (n, C) gradient into the
+    rows that were used: the same numbers, a fraction of the work."""
+    emb = model.get_input_embeddings()
+    w = emb.weight
+    if not (torch.is_grad_enabled() and w.requires_grad):
+        return emb(ids)
+    with torch.no_grad():
+        x = emb(ids)
+    x.requires_grad_(True)
+    flat = ids.reshape(-1)
+
+    def add_to_embedding(g: torch.Tensor) -> None:
+        g = g.reshape(-1, g.shape[-1]).to(w.dtype)
+        if w.grad is None:
+            w.grad = torch.zeros_like(w)
+        w.grad.index_add_(0, flat, g)
+
+    x.register_hook(add_to_embedding)
+    return x
 
 
 def common_prefix_len(seqs: list[list[int]]) -> int:
@@ -77,9 +113,10 @@ def group_logprobs(
     cache = None
     if p > 0:
         cache = DynamicCache()
-        body(input_ids=torch.tensor([seqs[0][:p]]), use_cache=True, cache=cache)  # (1, P)
+        body(inputs_embeds=_embed(model, torch.tensor([seqs[0][:p]])), use_cache=True, cache=cache)  # (1, P)
         cache.batch_repeat_interleave(B)
-    hidden = body(input_ids=ids, attention_mask=attn, position_ids=pos, cache=cache, use_cache=cache is not None).last_hidden_state  # (B, W, C)
+    hidden = body(inputs_embeds=_embed(model, ids), attention_mask=attn, position_ids=pos, cache=cache,
+                  use_cache=cache is not None).last_hidden_state  # (B, W, C)
     # Position j of the per-episode part predicts token p + j + 1.
     rows, cols, tgts, taus = [], [], [], []
     for b, (s, m, tt) in enumerate(zip(seqs, masks, temps_all)):

@@ -60,8 +60,10 @@ class HFEngine:
         return rows
 
     # -- forward -------------------------------------------------------------------------
-    def _forward(self, chunks: list[list[int]]) -> torch.Tensor:
-        """Append ``chunks`` (one per row, each non-empty) to the cache; return last logits (B, V)."""
+    def _forward(self, chunks: list[list[int]], real: list[bool] | None = None) -> torch.Tensor:
+        """Append ``chunks`` (one per row, each non-empty) to the cache; return last logits (B, V).
+        Rows with ``real[b] = False`` get their chunk as a masked-out slot (a finished row
+        waiting for compaction): it takes a cache slot but no row attends to it."""
         width = max(len(c) for c in chunks)
         ids = torch.full((len(chunks), width), self.pad_id, dtype=torch.long)  # (B, W)
         new_mask = torch.zeros((len(chunks), width), dtype=torch.long)  # (B, W)
@@ -69,6 +71,9 @@ class HFEngine:
         for b, c in enumerate(chunks):
             n0 = len(self._cached[b])
             ids[b, width - len(c):] = torch.tensor(c)
+            if real is not None and not real[b]:
+                pos[b, width - len(c):] = n0
+                continue
             new_mask[b, width - len(c):] = 1
             pos[b, width - len(c):] = torch.arange(n0, n0 + len(c))
             self._cached[b] = self._cached[b] + c
@@ -102,7 +107,7 @@ class HFEngine:
             cum = torch.softmax(sorted_logits, -1).cumsum(-1)
             drop = cum - torch.softmax(sorted_logits, -1) > sp.top_p  # keep the first token always
             filt = filt.scatter(-1, order, sorted_logits.masked_fill(drop, float("-inf")))
-        probs = torch.softmax(filt, -1)
+        probs = logp.exp() if filt is scaled else torch.softmax(filt, -1)
         ids = torch.multinomial(probs, 1, generator=gen).squeeze(-1)  # (B,)
         return ids, logp.gather(-1, ids[:, None]).squeeze(-1)
 
@@ -124,25 +129,27 @@ class HFEngine:
         for _ in range(sampling.max_new_tokens):
             ids, logps = self._sample(logits, sampling, gen)
             stop = torch.isin(ids, self.stop_ids)
-            keep = []
             for b, req_i in enumerate(live):
                 res = results[req_i]
+                if res.stopped or len(res.token_ids) >= sampling.max_new_tokens:
+                    continue  # finished earlier, still in the batch until the next compaction
                 res.token_ids.append(int(ids[b]))
                 res.logprobs.append(float(logps[b]))
-                if bool(stop[b]):
-                    res.stopped = True
-                elif len(res.token_ids) < sampling.max_new_tokens:
-                    keep.append(b)
-            if not keep:
+                res.stopped = bool(stop[b])
+            running = [not (results[i].stopped or len(results[i].token_ids) >= sampling.max_new_tokens) for i in live]
+            if not any(running):
                 break
-            if len(keep) < len(live):
-                # Finished rows leave the cache (their last token was never fed). They are
-                # kept aside so the next turn can still extend them.
-                self._park([b for b in range(len(live)) if b not in keep])
+            finished = [b for b, r in enumerate(running) if not r]
+            if len(finished) * 4 >= len(live):
+                # Finished rows leave the cache (their last token was never fed) so no more
+                # compute goes to them; compaction copies the cache, so it waits until a
+                # quarter of the batch is done. Parked rows rejoin at the end of the call.
+                keep = [b for b, r in enumerate(running) if r]
+                self._park(finished)
                 self._select(keep)
                 live = [live[b] for b in keep]
-                ids = ids[torch.tensor(keep)]
-            logits = self._forward([[int(t)] for t in ids])
+                ids, running = ids[torch.tensor(keep)], [True] * len(keep)
+            logits = self._forward([[int(t)] for t in ids], real=running)
         self._unpark()
         if was_training:
             self.model.train()
