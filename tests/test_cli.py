@@ -34,3 +34,18 @@ def test_rollout_prints_trained_tokens_with_the_real_model(capsys):
 def test_missing_model_path_is_one_clear_error(tmp_path, capsys):
     assert main(["eval", "--model", str(tmp_path / "nope")]) == 1
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_eval_on_a_local_model_dir_prints_turn_metrics(tmp_path, tokenizer, capsys):
+    import json
+
+    from tests.conftest import make_tiny_model
+
+    make_tiny_model().save_pretrained(tmp_path / "m")
+    tokenizer.save_pretrained(tmp_path / "m")
+    rc = main(["eval", "--model", str(tmp_path / "m"), "--eval.num_tasks", "3", "--eval.pass_k", "2",
+               "--env.max_turns", "2", "--rollout.max_new_tokens", "4"])
+    out = capsys.readouterr().out
+    metrics = json.loads(out[out.index("{"):])
+    assert rc == 0 and set(metrics) >= {"succ@1", "succ@2", "pass@2", "unique_answer_ratio", "invalid_format_rate"}
+    assert metrics["succ@1"] <= metrics["succ@2"]

@@ -1,0 +1,30 @@
+import os
+from pathlib import Path
+
+import pytest
+
+from turnrl.build import env_factory
+from turnrl.config import load_config
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_gsm8k_config_builds_a_retry_env_on_the_real_data(monkeypatch):
+    monkeypatch.chdir(ROOT)  # the config's data path is relative to the repo root
+    cfg = load_config(ROOT / "configs" / "gsm8k.toml")
+    train, ev = env_factory(cfg, "train")(), env_factory(cfg, "eval")()
+    assert len(train.tasks) + len(ev.tasks) == 7473 and len(ev.tasks) == 200
+    msgs = train.reset(0)
+    assert msgs[-1].content.endswith("as \\boxed{number}.")
+    answer = train.task.answer
+    wrong = train.step(f"The answer is \\boxed{{{int(float(answer)) + 1}}}")
+    assert not wrong.terminated and wrong.messages[0].content == "Incorrect. Please think again."
+    right = train.step(f"So \\boxed{{{answer}}}")
+    assert right.terminated and right.reward == pytest.approx(0.5)  # solved at attempt 2: 0.5**1
+    assert {t.id for t in train.tasks} .isdisjoint({t.id for t in ev.tasks})
+
+
+def test_custom_env_gets_split_and_eval_seeds_apart():
+    cfg = load_config(None, ["--env.name", "tests.toy_envs:LengthEnv", "--env.max_turns", "3"])
+    env = env_factory(cfg, "eval")()
+    assert env.split == "eval" and env.max_turns == 3

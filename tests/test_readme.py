@@ -1,0 +1,21 @@
+import re
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+README = (ROOT / "README.md").read_text()
+
+
+def test_readme_opens_with_two_commands_and_ci_runs_the_test_one():
+    first_block = re.search(r"```bash\n(.*?)```", README, re.S).group(1)
+    commands = [l.split("#")[0].strip() for l in first_block.splitlines() if l.strip()]
+    assert len(commands) == 2 and "turnrl train configs/ufo_demo.toml" in commands[0]
+    assert commands[1] in (ROOT / ".ci" / "run").read_text()
+
+
+def test_own_env_example_runs_and_passes_check_env():
+    code = re.search(r"## Your own env\n\n```python\n(.*?)```", README, re.S).group(1)
+    namespace: dict = {}
+    exec(compile(code, "README.md", "exec"), namespace)  # ends with check_env(Guess())
+    env = namespace["Guess"]()
+    env.reset(3)
+    assert env.step("3").terminated
