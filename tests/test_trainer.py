@@ -92,7 +92,7 @@ def test_lora_trains_adapters_only_and_saves_a_merged_model(tmp_path, tokenizer)
     model = get_peft_model(base, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"]))
     frozen = base.model.embed_tokens.weight.detach().clone()
     cfg = cfg_for(tmp_path, "l", steps=2, extra=["--model.finetune", "lora", "--model.lora_rank", "4",
-                                                 "--algo.kl_coef", "0.1"])
+                                                 "--algo.kl_coef", "0.1", "--model.dtype", "bf16"])
     summary = Trainer(cfg, model, tokenizer).train()
     assert torch.equal(frozen, base.model.embed_tokens.weight)
     lora_b = [p for n, p in model.named_parameters() if "lora_B" in n]

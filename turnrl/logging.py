@@ -7,7 +7,7 @@ from pathlib import Path
 from turnrl.types import Episode
 
 
-def episode_record(ep: Episode, tok=None) -> dict:
+def episode_record(ep: Episode) -> dict:
     return {
         "group_id": ep.group_id, "task_id": ep.task_id, "terminated": ep.terminated, "truncated": ep.truncated,
         "truncated_by": ep.truncated_by, "reward": ep.total_reward,

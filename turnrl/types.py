@@ -10,8 +10,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-import torch
-
 Role = Literal["system", "user", "assistant", "tool"]
 
 
@@ -87,37 +85,9 @@ class Episode:
         return [t for t in self.turns if not t.frozen]
 
     @property
-    def old_logprobs(self) -> list[float]:
-        """Sampler logprobs aligned with token_ids (0.0 on non-action tokens)."""
-        return [lp for turn in self.turns for lp in (*([0.0] * len(turn.obs_ids)), *turn.action_logprobs)]
-
-    @property
     def total_reward(self) -> float:
         return sum(t.reward for t in self.turns)
 
     @property
     def num_action_tokens(self) -> int:
         return sum(len(t.action_ids) for t in self.live_turns)
-
-
-@dataclass
-class Batch:
-    """Padded tensors for the learner; built by :func:`turnrl.algos.collate`.
-
-    Shift convention (defined here only): ``input_ids[:, t]`` is predicted from the
-    hidden state at ``t - 1``. ``targets``/``action_mask``/``old_logprobs``/``advantages``
-    are already shifted: entry ``t`` scores ``input_ids[:, t + 1]``. Shapes: ``(B, T)``
-    for ``input_ids``/``attention_mask`` and ``(B, T - 1)`` for the rest.
-    """
-
-    input_ids: torch.Tensor  # (B, T) long
-    attention_mask: torch.Tensor  # (B, T) long, 1 on real tokens
-    targets: torch.Tensor  # (B, T-1) long
-    action_mask: torch.Tensor  # (B, T-1) bool, True where targets is a trained action token
-    old_logprobs: torch.Tensor  # (B, T-1) float
-    advantages: torch.Tensor  # (B, T-1) float
-    ref_logprobs: torch.Tensor | None = None  # (B, T-1) float, when KL is on
-
-    @property
-    def num_action_tokens(self) -> int:
-        return int(self.action_mask.sum())

@@ -5,7 +5,8 @@ extends the ids already cached for its key, only the new suffix is encoded: earl
 turns are never re-encoded. Rows have different lengths, so the suffixes are
 left-padded; padded slots are masked out (``attention_mask`` 0) and every real token
 gets its true position id, so the model sees exactly the context of an unpadded run.
-Rows that finish are dropped from the batch at once, so no compute goes to them.
+Identical prompts are encoded once. Finished rows leave the batch (once a quarter of it
+is done), so little compute goes to them.
 """
 from __future__ import annotations
 
@@ -18,11 +19,10 @@ from turnrl.engine.base import GenRequest, GenResult, SamplingParams
 
 
 class HFEngine:
-    def __init__(self, model, stop_ids: list[int], pad_id: int, dtype: torch.dtype | None = None):
+    def __init__(self, model, stop_ids: list[int], pad_id: int):
         self.model = model
         self.stop_ids = torch.tensor(sorted(set(stop_ids)))
         self.pad_id = pad_id
-        self.dtype = dtype  # autocast dtype for sampling (e.g. torch.bfloat16), None = model dtype
         self.release()
 
     # -- state ---------------------------------------------------------------------------
@@ -80,11 +80,8 @@ class HFEngine:
         mask = new_mask if self._mask is None else torch.cat([self._mask, new_mask], dim=1)  # (B, L+W)
         if self._cache is None:
             self._cache = DynamicCache()
-        with torch.autocast("cpu", dtype=self.dtype, enabled=self.dtype is not None):
-            out = self.model(
-                input_ids=ids, attention_mask=mask, position_ids=pos, cache=self._cache,
-                use_cache=True, logits_to_keep=1,
-            )
+        out = self.model(input_ids=ids, attention_mask=mask, position_ids=pos, cache=self._cache,
+                         use_cache=True, logits_to_keep=1)
         self._mask = mask
         return out.logits[:, -1, :].float()  # (B, V)
 
