@@ -49,3 +49,19 @@ def test_eval_on_a_local_model_dir_prints_turn_metrics(tmp_path, tokenizer, caps
     metrics = json.loads(out[out.index("{"):])
     assert rc == 0 and set(metrics) >= {"succ@1", "succ@2", "pass@2", "unique_answer_ratio", "invalid_format_rate"}
     assert metrics["succ@1"] <= metrics["succ@2"]
+
+
+def test_bad_data_file_is_reported_before_any_model_loads(tmp_path, capsys, monkeypatch):
+    import turnrl.build
+    import turnrl.trainer
+
+    def no_model(cfg):  # the model must not be needed to find this error
+        raise AssertionError("model loaded before the data was checked")
+
+    monkeypatch.setattr(turnrl.build, "build_policy", no_model)
+    monkeypatch.setattr(turnrl.trainer, "build_policy", no_model)
+    bad = tmp_path / "d.jsonl"
+    bad.write_text('{"question": "q"}\n')
+    for cmd in ("train", "eval", "rollout"):
+        assert main([cmd, "--task.source", "file", "--task.path", str(bad)]) == 1
+        assert "d.jsonl:1: missing field 'answer'" in capsys.readouterr().err

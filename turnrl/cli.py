@@ -89,8 +89,9 @@ def _dispatch(args, rest: list[str]) -> int:
         summary = Trainer(cfg).train(resume=args.resume)
         print(json.dumps(summary, indent=2))
         return 0
-    from turnrl.build import build_engine, build_policy
+    from turnrl.build import build_engine, build_policy, env_factory
 
+    env_factory(cfg, "train" if args.cmd == "rollout" else "eval")  # bad data fails before the model loads
     model, tok = build_policy(cfg)
     engine, chat = build_engine(model, tok)
     if args.cmd == "eval":
@@ -102,7 +103,6 @@ def _dispatch(args, rest: list[str]) -> int:
     if args.cmd == "rollout":
         from turnrl.rollout import RolloutConfig, collect
         from turnrl.engine.base import SamplingParams
-        from turnrl.build import env_factory
 
         r = cfg.rollout
         make = env_factory(cfg, "train")

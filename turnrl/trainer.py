@@ -34,6 +34,9 @@ class Trainer:
         torch.manual_seed(cfg.train.seed)
         if cfg.train.threads:
             torch.set_num_threads(cfg.train.threads)
+        # Envs first: a bad data file is reported before minutes go into loading a model.
+        self.make_env = env_factory(cfg, "train")
+        env_factory(cfg, "eval")
         if model is None:
             model, tokenizer = build_policy(cfg)
         self.model, self.tok = model, tokenizer
@@ -47,7 +50,6 @@ class Trainer:
                                      fused=True)  # one kernel for all parameters (CPU and CUDA)
         warm = cfg.train.warmup_steps
         self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lambda s: min(1.0, (s + 1) / warm) if warm else 1.0)
-        self.make_env = env_factory(cfg, "train")
         self.run_dir = Path(cfg.train.out_dir)
         self.step, self.data_pos = 0, 0
         self.compute_dtype = torch.bfloat16 if cfg.model.dtype == "bf16" else None

@@ -16,7 +16,9 @@ _EQUATION = re.compile(r"(-?\d+)\s*[-+*x×]\s*(-?\d+)")
 
 
 class RetryEnv(Env):
-    """Rewards (each switchable; defaults are the authors'):
+    """UFO: up to max_turns attempts at a checkable task, content-free feedback between them.
+
+    Rewards (each switchable; defaults are the authors'):
 
     - success on attempt ``k`` (1-based): ``success_decay ** (k - 1)``, gamma = 0.5;
     - at episode end, repetition penalty ``-repetition_penalty * (1 - E/T)`` with ``E``
