@@ -1,9 +1,13 @@
 import os
+from pathlib import Path
 
 import pytest
 import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never touch the network
+
+GSM8K = Path(__file__).resolve().parents[2] / "shared" / "data" / "gsm8k" / "train.jsonl"
+needs_gsm8k = pytest.mark.skipif(not GSM8K.is_file(), reason=f"GSM8K train split not found at {GSM8K}")
 
 
 @pytest.fixture(scope="session")

@@ -3,12 +3,14 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import needs_gsm8k
 from turnrl.build import env_factory
 from turnrl.config import load_config
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@needs_gsm8k
 def test_gsm8k_config_builds_a_retry_env_on_the_real_data(monkeypatch):
     monkeypatch.chdir(ROOT)  # the config's data path is relative to the repo root
     cfg = load_config(ROOT / "configs" / "gsm8k.toml")

@@ -3,9 +3,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import GSM8K, needs_gsm8k
 from turnrl.envs.tasks import ArithmeticTasks, DataError, FileTasks, eval_expr, split_tasks
-
-GSM8K = Path(__file__).resolve().parents[3] / "shared" / "data" / "gsm8k" / "train.jsonl"
 
 
 def test_arithmetic_is_deterministic_and_correct():
@@ -33,6 +32,7 @@ def test_precedence_in_expressions():
     assert eval_expr([10, 3, 2], ["-", "-"]) == 5
 
 
+@needs_gsm8k
 def test_gsm8k_real_file_parses_final_answers():
     src = FileTasks(GSM8K, answer_format="gsm8k")
     assert len(src) == 7473
@@ -85,6 +85,7 @@ def test_missing_file_and_unknown_type(tmp_path):
         FileTasks(tmp_path / "x.txt")
 
 
+@needs_gsm8k
 def test_file_split_is_disjoint_and_seeded():
     src = FileTasks(GSM8K, answer_format="gsm8k", limit=300)
     ev, tr = split_tasks(src, "eval", 50), split_tasks(src, "train", 50)
