@@ -232,8 +232,9 @@ class Trainer:
                 if cfg.eval.every and self.step % cfg.eval.every == 0 and self.step < cfg.train.steps:
                     self.run_eval(log)
             progress.close()
-            if cfg.train.steps > 0:
-                self.save_checkpoint()
+            every = cfg.train.checkpoint_every
+            if cfg.train.steps > 0 and not (every and self.step % every == 0):
+                self.save_checkpoint()  # the last step, unless it was just saved
             summary["final_model"] = str(self.save_final())
             summary["eval_after"] = self.run_eval(log)
         finally:
