@@ -1,7 +1,6 @@
 import json
 import math
 
-import pytest
 import torch
 
 from tests.conftest import make_tiny_model

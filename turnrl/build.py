@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import inspect
-from functools import partial
+from functools import lru_cache, partial
 from typing import Callable
 
 import torch
@@ -23,8 +23,15 @@ def build_tasks(cfg: RunConfig, split: str):
     if t.source == "arithmetic":
         return ArithmeticTasks(split, digits=t.digits, operators=t.operators, operands=t.operands,
                                multiple_choice=t.multiple_choice, num_choices=t.num_choices, seed=t.seed)
-    source = FileTasks(t.path, t.question_field, t.answer_field, t.answer_format, t.verifier, t.extractor, t.prompt_template)
+    source = _load_file(t.path, t.question_field, t.answer_field, t.answer_format, t.verifier, t.extractor, t.prompt_template)
     return split_tasks(source, split, t.eval_size, seed=t.seed)
+
+
+@lru_cache(maxsize=4)
+def _load_file(*args) -> FileTasks:
+    """Read and validate a task file once per process: the train and eval splits and
+    every periodic evaluation share it."""
+    return FileTasks(*args)
 
 
 def env_factory(cfg: RunConfig, split: str, max_turns: int | None = None) -> Callable[[], Env]:

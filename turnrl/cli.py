@@ -91,7 +91,7 @@ def _dispatch(args, rest: list[str]) -> int:
         return 0
     from turnrl.build import build_engine, build_policy, env_factory
 
-    env_factory(cfg, "train" if args.cmd == "rollout" else "eval")  # bad data fails before the model loads
+    make = env_factory(cfg, "train" if args.cmd == "rollout" else "eval")  # bad data fails before the model loads
     model, tok = build_policy(cfg)
     engine, chat = build_engine(model, tok)
     if args.cmd == "eval":
@@ -105,7 +105,6 @@ def _dispatch(args, rest: list[str]) -> int:
         from turnrl.engine.base import SamplingParams
 
         r = cfg.rollout
-        make = env_factory(cfg, "train")
         eps = collect([make() for _ in range(args.n)], list(range(args.n)), list(range(args.n)), engine, chat,
                       RolloutConfig(SamplingParams(r.temperature, r.top_p, r.top_k, r.max_new_tokens, cfg.train.seed), r.max_context))
         for ep in eps:

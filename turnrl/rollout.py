@@ -34,7 +34,6 @@ def collect(
         ep = Episode(turns=[], group_id=gid, messages=list(opening))
         obs = chat.prompt_ids(opening)
         ctx = list(obs)
-        done = False
         for text in (prefixes[i] if prefixes else []):
             action = chat.encode(text) + [chat.stop_ids[0]]
             step = env.step(text)

@@ -123,17 +123,21 @@ class HFEngine:
         gen = torch.Generator().manual_seed(sampling.seed)
         results = [GenResult([], [], False) for _ in requests]
         live = list(range(len(requests)))  # request index of each cache row
+
+        def done(res: GenResult) -> bool:
+            return res.stopped or len(res.token_ids) >= sampling.max_new_tokens
+
         for _ in range(sampling.max_new_tokens):
             ids, logps = self._sample(logits, sampling, gen)
             stop = torch.isin(ids, self.stop_ids)
             for b, req_i in enumerate(live):
                 res = results[req_i]
-                if res.stopped or len(res.token_ids) >= sampling.max_new_tokens:
+                if done(res):
                     continue  # finished earlier, still in the batch until the next compaction
                 res.token_ids.append(int(ids[b]))
                 res.logprobs.append(float(logps[b]))
                 res.stopped = bool(stop[b])
-            running = [not (results[i].stopped or len(results[i].token_ids) >= sampling.max_new_tokens) for i in live]
+            running = [not done(results[i]) for i in live]
             if not any(running):
                 break
             finished = [b for b, r in enumerate(running) if not r]
