@@ -1,9 +1,12 @@
-"""``turnrl`` command line: train, eval, rollout, envs, check-env."""
+"""``turnrl`` command line: train, eval, serve, report, rollout, envs, check-env."""
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
+import time
+from pathlib import Path
 
 from turnrl.config import ConfigError, load_config
 
@@ -22,6 +25,30 @@ def _parser() -> argparse.ArgumentParser:
             s.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in train.out_dir")
         if name == "rollout":
             s.add_argument("-n", type=int, default=2, help="episodes to print")
+        if name == "eval":
+            s.add_argument("--endpoint", help="evaluate an OpenAI-compatible server instead, e.g. http://127.0.0.1:8000/v1")
+            s.add_argument("--endpoint-model", help="model name on the endpoint (default: the first it lists)")
+            s.add_argument("--api-key-env", default="OPENAI_API_KEY", help="environment variable holding the API key")
+            s.add_argument("--concurrency", type=int, default=8, help="endpoint: requests in flight at once")
+            s.add_argument("--timeout", type=float, default=120.0, help="endpoint: seconds per request")
+            s.add_argument("--max-retries", type=int, default=3, help="endpoint: retries per request, with exponential back-off")
+            s.add_argument("--out", help="results directory (default: runs/eval/<model>-<time>)")
+            s.add_argument("--compare", nargs="+", metavar="SPEC",
+                           help="evaluate several models on the same seeds and write one table; a SPEC is a results or "
+                                "run directory (reused as stored), an http(s):// endpoint (URL#model to name the model), "
+                                "or a model name / directory")
+            s.add_argument("--no-report", action="store_true", help="skip the Markdown / PNG / HTML report")
+    v = sub.add_parser("serve", help="serve a model over an OpenAI-compatible chat-completions API")
+    v.add_argument("model", help="'smollm2-135m', a local HF dir, a run dir (its final/ model), or a hub id")
+    v.add_argument("--host", default="127.0.0.1")
+    v.add_argument("--port", type=int, default=8000)
+    v.add_argument("--name", help="model name clients ask for (default: MODEL as given)")
+    v.add_argument("--max-context", type=int, default=2048, help="prompt + reply token limit")
+    v.add_argument("--max-batch", type=int, default=32, help="requests generated together at most")
+    v.add_argument("--threads", type=int, default=0, help="torch CPU threads; 0 = torch's default")
+    r = sub.add_parser("report", help="build the JSON / Markdown / PNG / HTML report of a run or eval directory")
+    r.add_argument("run_dir", help="a training run directory or an eval results directory")
+    r.add_argument("--out", help="where to write it (default: RUN_DIR/report)")
     sub.add_parser("envs", help="list registered envs")
     c = sub.add_parser("check-env", help="validate an env (registered name or module.path:Class)")
     c.add_argument("env", help="env name or module.path:Class")
@@ -80,9 +107,26 @@ def _dispatch(args, rest: list[str]) -> int:
             return 1
         print(f"{args.env}: ok")
         return 0
+    if args.cmd == "serve":
+        if rest:
+            raise ConfigError(f"turnrl serve takes no config overrides: {' '.join(rest)}")
+        from turnrl.serve import serve
+
+        serve(args.model, host=args.host, port=args.port, name=args.name, max_context=args.max_context,
+              max_batch=args.max_batch, threads=args.threads)
+        return 0
+    if args.cmd == "report":
+        if rest:
+            raise ConfigError(f"turnrl report takes no config overrides: {' '.join(rest)}")
+        from turnrl.report import build_report
+
+        print(build_report(args.run_dir, args.out))
+        return 0
     if getattr(args, "model_name", None):
         rest = [*rest, "--model.name", args.model_name]
     cfg = load_config(args.config, rest)
+    if args.cmd == "eval":
+        return _eval(args, cfg)
     if args.cmd == "train":
         from turnrl.trainer import Trainer
 
@@ -91,15 +135,9 @@ def _dispatch(args, rest: list[str]) -> int:
         return 0
     from turnrl.build import build_engine, build_policy, env_factory
 
-    make = env_factory(cfg, "train" if args.cmd == "rollout" else "eval")  # bad data fails before the model loads
+    make = env_factory(cfg, "train")  # bad data fails before the model loads
     model, tok = build_policy(cfg)
     engine, chat = build_engine(model, tok)
-    if args.cmd == "eval":
-        from turnrl.evaluate import evaluate
-
-        metrics, _ = evaluate(engine, chat, cfg)
-        print(json.dumps(metrics, indent=2))
-        return 0
     if args.cmd == "rollout":
         from turnrl.rollout import RolloutConfig, collect
         from turnrl.engine.base import SamplingParams
@@ -111,6 +149,66 @@ def _dispatch(args, rest: list[str]) -> int:
             print(format_episode(ep, tok))
         return 0
     raise AssertionError(args.cmd)
+
+
+def _slug(text: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "-" for c in text).strip("-")[-60:] or "model"
+
+
+def _runner(spec: str, cfg, args):
+    """A runner for one model spec: an http(s) endpoint or a model for the built-in engine."""
+    if spec.startswith(("http://", "https://")):
+        from turnrl.endpoint import ChatEndpoint
+
+        url, _, name = spec.partition("#")
+        return ChatEndpoint(url, name or args.endpoint_model, api_key=os.environ.get(args.api_key_env),
+                            concurrency=args.concurrency, timeout_s=args.timeout, max_retries=args.max_retries)
+    from turnrl.build import build_engine, build_policy
+    from turnrl.evaluate import EngineRunner
+
+    mcfg = cfg.model_copy(update={"model": cfg.model.model_copy(update={"name": spec})})
+    model, tok = build_policy(mcfg)
+    engine, chat = build_engine(model, tok)
+    return EngineRunner(engine, chat, name=spec)
+
+
+def _eval(args, cfg) -> int:
+    from turnrl.build import env_factory
+    from turnrl.evaluate import evaluate
+    from turnrl.results import EVAL_FILE, find_evals, load_eval
+
+    if args.endpoint and (args.compare or args.model_name):
+        raise ConfigError("--endpoint names the model to evaluate (it replaces [model]); drop --model / --compare "
+                          "(or list the endpoint among --compare's specs)")
+    env_factory(cfg, "eval")  # bad data fails before any model loads
+    specs = args.compare or [args.endpoint or cfg.model.name]
+    out = Path(args.out or Path("runs") / "eval" / f"{_slug(specs[0] if len(specs) == 1 else 'compare')}-{time.strftime('%Y%m%d-%H%M%S')}")
+    results = []
+    for i, spec in enumerate(specs):
+        p = Path(spec)
+        if args.compare and p.is_dir() and ((p / EVAL_FILE).is_file() or (p / "evals").is_dir()):
+            d = find_evals(p)[-1]  # a results dir, or a run's last evaluation
+            results.append((spec, load_eval(d)))
+            continue
+        result = evaluate(_runner(spec, cfg, args), cfg)
+        result.save(out / f"{i}-{_slug(spec)}" if args.compare else out)
+        results.append((spec, result))
+        err = int(result.metrics.get("errored_episodes", 0))
+        if err:
+            print(f"warning: {err} episodes of {spec} failed at the endpoint and were left out of its metrics", file=sys.stderr)
+    if args.compare:
+        from turnrl.report import compare
+
+        md = compare(results, out)
+        print(md.read_text())
+    else:
+        print(json.dumps(results[0][1].metrics, indent=2))
+        if not args.no_report:
+            from turnrl.report import build_report
+
+            print(f"report: {build_report(out)}", file=sys.stderr)
+    print(f"results: {out}", file=sys.stderr)
+    return 1 if any(r.metrics.get("errored_episodes") for _, r in results) else 0
 
 
 def format_episode(ep, tok) -> str:

@@ -1,34 +1,70 @@
-"""Held-out evaluation: Succ@k with feedback and Pass@k from independent samples."""
+"""Held-out evaluation: Succ@k with feedback, Pass@k from independent samples, the
+turn-level rates of :mod:`turnrl.metrics` and their bootstrap intervals.
+
+One code path for every caller (``turnrl eval``, the trainer's periodic evaluation,
+``--compare``); what differs is the runner that plays the episodes: the built-in
+engine (token level, one KV cache across turns) or an OpenAI-compatible endpoint.
+"""
 from __future__ import annotations
 
+import time
 from dataclasses import replace
+from typing import Callable, Protocol
+
+import numpy as np
 
 from turnrl.build import env_factory, seed_offset
 from turnrl.config import RunConfig
 from turnrl.engine.base import SamplingParams
-from turnrl.metrics import episode_metrics, pass_at_k
+from turnrl.envs.base import Env
+from turnrl.metrics import bootstrap_ci, episode_intervals, episode_metrics, pass_at_k
+from turnrl.results import EvalResult, episode_record
 from turnrl.rollout import RolloutConfig, collect
 from turnrl.types import Episode
 
 
-def _run(engine, chat, make_env, seeds, rcfg: RolloutConfig, batch_size: int) -> list[Episode]:
-    eps = []
-    for s in range(0, len(seeds), batch_size):
-        chunk = seeds[s:s + batch_size]
-        eps += collect([make_env() for _ in chunk], chunk, chunk, engine, chat, rcfg)
-    return eps
+class Runner(Protocol):
+    name: str  # what is being evaluated, for reports
+
+    def run(self, make_env: Callable[[], Env], seeds: list[int], cfg: RolloutConfig, batch_size: int) -> list[Episode]: ...
 
 
-def evaluate(engine, chat, cfg: RunConfig) -> tuple[dict[str, float], list[Episode]]:
-    """Multi-turn episodes on eval seeds ``0..n-1`` (greedy by default) and, if
+class EngineRunner:
+    """Episodes on the built-in engine, ``batch_size`` at a time."""
+
+    def __init__(self, engine, chat, name: str = "", tokenizer=None):
+        self.engine, self.chat, self.name = engine, chat, name
+        self.tokenizer = tokenizer if tokenizer is not None else chat.tok
+
+    def run(self, make_env, seeds, cfg, batch_size):
+        eps = []
+        for s in range(0, len(seeds), batch_size):
+            chunk = seeds[s:s + batch_size]
+            eps += collect([make_env() for _ in chunk], chunk, chunk, self.engine, self.chat, cfg)
+        return eps
+
+
+def eval_seeds(cfg: RunConfig) -> list[int]:
+    """The fixed held-out seeds: ``0..n-1`` of the eval split (custom envs: offset)."""
+    return [seed_offset(cfg, "eval") + i for i in range(cfg.eval.num_tasks)]
+
+
+def evaluate(runner: Runner, cfg: RunConfig, step: int | None = None) -> EvalResult:
+    """Multi-turn episodes on the eval seeds (greedy by default) and, if
     ``eval.pass_k > 0``, ``pass_k`` single-attempt samples per task for Pass@k."""
     ev = cfg.eval
-    seeds = [seed_offset(cfg, "eval") + i for i in range(ev.num_tasks)]
+    t0 = time.time()
+    seeds = eval_seeds(cfg)
     max_new = ev.max_new_tokens or cfg.rollout.max_new_tokens
     sp = SamplingParams(temperature=ev.temperature, max_new_tokens=max_new, seed=cfg.train.seed + 7)
     rcfg = RolloutConfig(sp, max_context=cfg.rollout.max_context)
-    episodes = _run(engine, chat, env_factory(cfg, "eval"), seeds, rcfg, ev.batch_size)
-    metrics = episode_metrics(episodes, cfg.env.max_turns)
+    episodes = runner.run(env_factory(cfg, "eval"), seeds, rcfg, ev.batch_size)
+    errored = [e for e in episodes if e.info.get("error")]
+    scored = [e for e in episodes if not e.info.get("error")]  # endpoint failures are not the policy's
+    metrics = episode_metrics(scored, cfg.env.max_turns)
+    intervals = episode_intervals(scored, cfg.env.max_turns)
+    metrics["episodes"] = float(len(scored))
+    metrics["errored_episodes"] = float(len(errored))
     if ev.pass_k > 0:
         # k independent single-attempt samples per task, side by side in one batch, so
         # the engine encodes each prompt once (Pass@k baseline of UFO, arXiv 2507.14295)
@@ -37,10 +73,26 @@ def evaluate(engine, chat, cfg: RunConfig) -> tuple[dict[str, float], list[Episo
                            max_context=cfg.rollout.max_context)
         repeated = [s for s in seeds for _ in range(k)]
         per_batch = max(k, ev.batch_size // k * k)
-        samples = _run(engine, chat, env_factory(cfg, "eval", max_turns=1), repeated, rc, per_batch)
-        correct = {s: 0 for s in seeds}
+        samples = runner.run(env_factory(cfg, "eval", max_turns=1), repeated, rc, per_batch)
+        correct, tried = {s: 0 for s in seeds}, {s: 0 for s in seeds}
         for ep, s in zip(samples, repeated):
-            correct[s] += int(bool(ep.turns[0].info.get("correct")))
-        metrics[f"pass@{k}"] = sum(pass_at_k(k, c, k) for c in correct.values()) / len(seeds)
-        metrics["pass@1"] = sum(pass_at_k(k, c, 1) for c in correct.values()) / len(seeds)
-    return metrics, episodes
+            if ep.info.get("error"):
+                continue
+            tried[s] += 1
+            correct[s] += int(bool(ep.turns and ep.turns[0].info.get("correct")))
+        metrics["errored_episodes"] += sum(1 for e in samples if e.info.get("error"))
+        kept = [s for s in seeds if tried[s] >= k]  # a task with a failed sample cannot give Pass@k
+        for kk in sorted({1, k}):
+            per_task = np.array([pass_at_k(tried[s], correct[s], kk) for s in kept])
+            metrics[f"pass@{kk}"] = float(per_task.mean()) if kept else 0.0
+            intervals[f"pass@{kk}"] = bootstrap_ci(per_task)
+    metrics["eval_seconds"] = time.time() - t0
+    tok = getattr(runner, "tokenizer", None)
+    meta = {
+        "model": runner.name, "env": cfg.env.name, "split": "eval", "seeds": seeds,
+        "max_turns": cfg.env.max_turns, "step": step, "temperature": ev.temperature,
+        "max_new_tokens": max_new, "pass_k": ev.pass_k, "pass_temperature": ev.pass_temperature,
+        "task": cfg.task.model_dump(mode="json") if cfg.env.name == "retry" else None,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+    }
+    return EvalResult(metrics, intervals, meta, [episode_record(e, tok) for e in episodes])

@@ -4,18 +4,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from turnrl.types import Episode
-
-
-def episode_record(ep: Episode) -> dict:
-    return {
-        "group_id": ep.group_id, "task_id": ep.task_id, "terminated": ep.terminated, "truncated": ep.truncated,
-        "truncated_by": ep.truncated_by, "reward": ep.total_reward,
-        "messages": [{"role": m.role, "content": m.content} for m in ep.messages],
-        "turns": [{"text": t.text, "reward": t.reward, "void": t.void, "cut_by_length": t.cut_by_length,
-                   "frozen": t.frozen, "answer": t.info.get("answer"), "correct": t.info.get("correct"),
-                   "obs_tokens": len(t.obs_ids), "action_tokens": len(t.action_ids)} for t in ep.turns],
-    }
 
 
 class RunLogger:
@@ -43,13 +31,6 @@ class RunLogger:
         if self.tb is not None:
             for k, v in metrics.items():
                 self.tb.add_scalar(f"{split}/{k}", v, step)
-
-    def episodes(self, name: str, episodes: list[Episode]) -> None:
-        d = self.run_dir / "episodes"
-        d.mkdir(exist_ok=True)
-        with (d / f"{name}.jsonl").open("w") as f:
-            for ep in episodes:
-                f.write(json.dumps(episode_record(ep)) + "\n")
 
     def progress(self, total: int, start: int) -> "Progress":
         return Progress(total, start, self.show_progress)

@@ -79,8 +79,10 @@ def resolve_model_path(name: str) -> str:
         return str(ensure_default_model())
     p = Path(name).expanduser()
     if p.exists():
+        if (p / "final" / "config.json").is_file():
+            return str(p / "final")  # a training run directory: its final model
         if not (p / "config.json").is_file():
-            raise ModelLoadError(f"model directory {p} has no config.json (not a Hugging Face model dir)")
+            raise ModelLoadError(f"model directory {p} has no config.json (neither a Hugging Face model dir nor a run dir with final/)")
         return str(p)
     if name.startswith((".", "/", "~")) or os.sep in name.strip("/").replace("/", "", 1):
         raise ModelLoadError(f"model path {name!r} does not exist")

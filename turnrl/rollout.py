@@ -2,6 +2,7 @@
 ``Engine.generate`` call per turn, token-in-token-out (DESIGN.md invariants 1-3)."""
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, replace
 
 from turnrl.chat import ChatFormat
@@ -31,13 +32,14 @@ def collect(
     episodes, contexts, pending, live = [], [], [], []
     for i, (env, seed, gid) in enumerate(zip(envs, seeds, group_ids)):
         opening = env.reset(seed)
-        ep = Episode(turns=[], group_id=gid, messages=list(opening))
+        ep = Episode(turns=[], group_id=gid, seed=seed, messages=list(opening))
         obs = chat.prompt_ids(opening)
         ctx = list(obs)
         for text in (prefixes[i] if prefixes else []):
             action = chat.encode(text) + [chat.stop_ids[0]]
             step = env.step(text)
-            ep.turns.append(Turn(obs, action, [0.0] * len(action), text, step.reward, frozen=True, info=step.info))
+            ep.turns.append(Turn(obs, action, [0.0] * len(action), text, step.reward, frozen=True, info=step.info,
+                                 feedback=list(step.messages)))
             ep.messages += [Message("assistant", text), *step.messages]
             ctx += action
             if step.terminated or step.truncated:
@@ -57,7 +59,9 @@ def collect(
         room = min(cfg.max_context - len(contexts[i]) for i in live)
         sp = replace(cfg.sampling, temperature=temp, seed=cfg.sampling.seed * 1000 + turn,
                      max_new_tokens=max(1, min(cfg.sampling.max_new_tokens, room)))
+        t0 = time.perf_counter()
         results = engine.generate([GenRequest(i, list(contexts[i])) for i in live], sp)  # a copy: contexts grow in place
+        latency = time.perf_counter() - t0
         still = []
         for i, res in zip(live, results):
             ep, env = episodes[i], envs[i]
@@ -67,6 +71,7 @@ def collect(
                 obs_ids=pending[i], action_ids=res.token_ids, action_logprobs=res.logprobs, text=text,
                 reward=float(step.reward), void=not step.info.get("valid", True),
                 cut_by_length=not res.stopped, temperature=temp if temp > 0 else 1.0, info=step.info,
+                feedback=list(step.messages), latency_s=latency,
             ))
             ep.messages += [Message("assistant", text), *step.messages]
             contexts[i] += res.token_ids

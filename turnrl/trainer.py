@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import copy
 import json
+import sys
 import math
 import time
 from dataclasses import replace
@@ -17,7 +18,7 @@ from turnrl.algos.logprobs import group_logprobs
 from turnrl.build import build_engine, build_policy, env_factory
 from turnrl.config import RunConfig
 from turnrl.engine.base import SamplingParams
-from turnrl.evaluate import evaluate
+from turnrl.evaluate import EngineRunner, evaluate
 from turnrl.logging import RunLogger
 from turnrl.metrics import episode_metrics
 from turnrl.rollout import RolloutConfig, collect
@@ -239,13 +240,26 @@ class Trainer:
             summary["eval_after"] = self.run_eval(log)
         finally:
             log.close()
+        summary["report"] = self.write_report()
         (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
         return summary
 
+    def write_report(self) -> str | None:
+        """The run's report (``turnrl report`` builds the same). A failure here costs no
+        result: checkpoints, the final model and the eval files are already on disk."""
+        from turnrl.report import build_report
+        from turnrl.results import ResultsError
+
+        try:
+            return str(build_report(self.run_dir))
+        except ResultsError as e:  # e.g. a run with no evaluation at all
+            print(f"turnrl: no report for {self.run_dir}: {e}", file=sys.stderr)
+            return None
+
     def run_eval(self, log: RunLogger) -> dict:
-        t0 = time.time()
-        metrics, episodes = evaluate(self.engine, self.chat, self.cfg)
-        metrics["eval_seconds"] = time.time() - t0
-        log.log("eval", self.step, metrics)
-        log.episodes(f"eval_step_{self.step:06d}", episodes)
-        return metrics
+        """The same evaluation as ``turnrl eval``; results in ``evals/step_N``."""
+        result = evaluate(EngineRunner(self.engine, self.chat, name=f"{self.cfg.model.name} @ step {self.step}"),
+                          self.cfg, step=self.step)
+        result.save(self.run_dir / "evals" / f"step_{self.step:06d}")
+        log.log("eval", self.step, result.metrics)
+        return result.metrics

@@ -47,6 +47,13 @@ class Turn:
     temperature: float = 1.0  # the sampling temperature; the learner scores the action at it
     frozen: bool = False  # a replayed earlier action kept as context, not trained (RISE-style starts)
     info: dict[str, Any] = field(default_factory=dict)
+    feedback: list[Message] = field(default_factory=list)  # what the env said after this action
+    latency_s: float = 0.0  # wall time of the generate call that produced the action (batched: the batch's)
+    completion_tokens: int | None = None  # token count when ids are unknown (HTTP endpoints)
+
+    @property
+    def num_tokens(self) -> int:
+        return len(self.action_ids) if self.completion_tokens is None else self.completion_tokens
 
 
 @dataclass
@@ -54,6 +61,7 @@ class Episode:
     turns: list[Turn]
     group_id: int  # same task and seed => same group
     task_id: str = ""
+    seed: int | None = None  # the env seed that fixed the task
     terminated: bool = False  # task over (solved / env ended it)
     truncated: bool = False  # turn cap or context limit
     truncated_by: str = ""  # "max_turns" | "context" | ""
@@ -90,4 +98,8 @@ class Episode:
 
     @property
     def num_action_tokens(self) -> int:
-        return sum(len(t.action_ids) for t in self.live_turns)
+        return sum(t.num_tokens for t in self.live_turns)
+
+    @property
+    def latency_s(self) -> float:
+        return sum(t.latency_s for t in self.live_turns)

@@ -1,0 +1,102 @@
+"""Episodes against any OpenAI-compatible chat-completions endpoint (vLLM, llama.cpp's
+server, ``turnrl serve``, a hosted API) through the official ``openai`` client.
+
+Text in, text out: the endpoint applies its own chat template. Episodes run in their
+own threads, at most ``concurrency`` requests in flight; the client retries failed
+requests with exponential back-off and gives each a timeout. A request that still fails
+marks its episode ``info["error"]``; evaluation counts such episodes apart and leaves
+them out of the policy's metrics.
+"""
+from __future__ import annotations
+
+import os
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+from turnrl.engine.base import SamplingParams
+from turnrl.envs.base import Env
+from turnrl.rollout import RolloutConfig
+from turnrl.types import Episode, Message, Turn
+
+
+@dataclass
+class Completion:
+    text: str
+    stopped: bool  # finish_reason == "stop"
+    completion_tokens: int
+    latency_s: float
+
+
+class EndpointError(RuntimeError):
+    pass
+
+
+class ChatEndpoint:
+    """A chat-completions endpoint. ``model`` None: the first model the server lists."""
+
+    def __init__(self, base_url: str, model: str | None = None, api_key: str | None = None,
+                 concurrency: int = 8, timeout_s: float = 60.0, max_retries: int = 3):
+        import openai
+
+        if concurrency < 1:
+            raise ValueError(f"concurrency={concurrency} must be >= 1")
+        self.base_url, self.concurrency = base_url, concurrency
+        key = api_key or os.environ.get("OPENAI_API_KEY") or "none"  # local servers take any key
+        self.client = openai.OpenAI(base_url=base_url, api_key=key, timeout=timeout_s, max_retries=max_retries)
+        self._errors = (openai.APIError,)
+        if model is None:
+            try:
+                listed = [m.id for m in self.client.models.list()]
+            except self._errors as e:
+                raise EndpointError(f"{base_url}: cannot list models ({e}); pass the model name") from e
+            if not listed:
+                raise EndpointError(f"{base_url}: the server lists no models; pass the model name")
+            model = listed[0]
+        self.model = model
+        self.name = f"{model} @ {base_url}"
+
+    def complete(self, messages: list[Message], sp: SamplingParams) -> Completion:
+        t0 = time.perf_counter()
+        extra: dict = {"top_p": sp.top_p} if sp.top_p < 1 else {}
+        if sp.top_k:
+            extra["extra_body"] = {"top_k": sp.top_k}  # vLLM and turnrl serve take it; the OpenAI API has none
+        r = self.client.chat.completions.create(
+            model=self.model, messages=[m.as_dict() for m in messages], temperature=sp.temperature,
+            max_tokens=sp.max_new_tokens, seed=sp.seed, **extra)
+        choice = r.choices[0]
+        usage = getattr(r, "usage", None)
+        return Completion(choice.message.content or "", choice.finish_reason == "stop",
+                          int(usage.completion_tokens) if usage else 0, time.perf_counter() - t0)
+
+    # -- Runner ------------------------------------------------------------------------
+    def run(self, make_env, seeds: list[int], cfg: RolloutConfig, batch_size: int) -> list[Episode]:
+        """One episode per seed (``batch_size`` is the engine's notion; here concurrency rules)."""
+        with ThreadPoolExecutor(self.concurrency) as pool:
+            return list(pool.map(lambda s: self.episode(make_env(), s, cfg), seeds))
+
+    def episode(self, env: Env, seed: int, cfg: RolloutConfig) -> Episode:
+        opening = env.reset(seed)
+        ep = Episode(turns=[], group_id=seed, seed=seed, messages=list(opening))
+        turn = 0
+        while True:
+            temp = cfg.retry_temperature if (turn > 0 and cfg.retry_temperature is not None) else cfg.sampling.temperature
+            sp = SamplingParams(temp, cfg.sampling.top_p, cfg.sampling.top_k, cfg.sampling.max_new_tokens,
+                                seed=cfg.sampling.seed * 1000 + turn)
+            try:
+                c = self.complete(ep.messages, sp)
+            except self._errors as e:
+                ep.info["error"] = f"{type(e).__name__}: {e}"
+                break
+            step = env.step(c.text)  # model output never crashes a run: envs parse defensively
+            ep.turns.append(Turn([], [], [], text=c.text, reward=float(step.reward), void=not step.info.get("valid", True),
+                                 cut_by_length=not c.stopped, temperature=temp if temp > 0 else 1.0, info=step.info,
+                                 feedback=list(step.messages), latency_s=c.latency_s, completion_tokens=c.completion_tokens))
+            ep.messages += [Message("assistant", c.text), *step.messages]
+            if step.terminated or step.truncated:
+                ep.terminated, ep.truncated = step.terminated, step.truncated
+                ep.truncated_by = "max_turns" if step.truncated else ""
+                break
+            turn += 1
+        ep.task_id = getattr(getattr(env, "task", None), "id", "")
+        return ep

@@ -1,0 +1,137 @@
+"""Reports of eval results and training runs: JSON, a Markdown table, PNG plots and one
+self-contained HTML file with a trajectory viewer.
+
+``build_report(RUN_DIR)`` works on a training run (``metrics.jsonl`` + ``evals/step_N``)
+or on one eval results directory; ``compare`` puts several results in one table.
+"""
+from __future__ import annotations
+
+import base64
+import json
+from pathlib import Path
+
+from turnrl.results import EvalResult, ResultsError, find_evals, load_eval
+
+# (metric key, column title); each shown with its 95% interval where one was computed
+COLUMNS = [("succ@1", "Succ@1"), ("succ@K", "Succ@K"), ("pass@k", "Pass@k"), ("self_correction_rate", "self-correction"),
+           ("answer_change_rate", "answer change"), ("repeated_answer_rate", "repeated answer"),
+           ("invalid_format_rate", "invalid format"), ("mean_attempts_to_solve", "attempts to solve"),
+           ("tokens_per_episode", "tokens / ep"), ("latency_s_per_episode", "latency s / ep")]
+
+
+def _key(r: EvalResult, key: str) -> str:
+    if key == "succ@K":
+        return f"succ@{r.meta['max_turns']}"
+    if key == "pass@k":
+        return f"pass@{r.meta.get('pass_k') or 0}"
+    return key
+
+
+def headline(r: EvalResult) -> dict[str, dict]:
+    """Column title -> {"key", "value", "ci"} for one result."""
+    out = {}
+    for key, title in COLUMNS:
+        k = _key(r, key)
+        if k in r.metrics:
+            title = {"Succ@K": f"Succ@{r.meta['max_turns']}", "Pass@k": f"Pass@{r.meta.get('pass_k')}"}.get(title, title)
+            out[title] = {"key": k, "value": r.metrics[k], "ci": list(r.intervals[k]) if k in r.intervals else None}
+    return out
+
+
+def _fmt(cell: dict | None) -> str:
+    if cell is None:
+        return "–"
+    v, ci = cell["value"], cell["ci"]
+    s = f"{v:.3f}" if abs(v) < 100 else f"{v:.0f}"
+    return f"{s} [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else s
+
+
+def markdown_table(results: list[tuple[str, EvalResult]]) -> str:
+    heads = [headline(r) for _, r in results]
+    titles = list(dict.fromkeys(t for h in heads for t in h))
+    lines = ["| run | episodes | " + " | ".join(titles) + " |", "|---" * (len(titles) + 2) + "|"]
+    for (label, r), h in zip(results, heads):
+        n = int(r.metrics.get("episodes", len(r.episodes)))
+        err = int(r.metrics.get("errored_episodes", 0))
+        lines.append(f"| {label} | {n}{f' ({err} errored)' if err else ''} | " + " | ".join(_fmt(h.get(t)) for t in titles) + " |")
+    max_k = max(r.meta["max_turns"] for _, r in results)
+    lines += ["", "| k | " + " | ".join(label for label, _ in results) + " |", "|---" * (len(results) + 1) + "|"]
+    for k in range(1, max_k + 1):
+        cells = [_fmt({"value": r.metrics[f"succ@{k}"], "ci": r.intervals.get(f"succ@{k}")}) if f"succ@{k}" in r.metrics else "–"
+                 for _, r in results]
+        lines.append(f"| Succ@{k} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n\nIntervals: 95% percentile bootstrap over episodes (Pass@k: over tasks).\n"
+
+
+def read_metrics_log(path: Path) -> list[dict]:
+    rows = []
+    for n, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise ResultsError(f"{path}:{n}: not valid JSON ({e})") from None
+        if not isinstance(row, dict) or "split" not in row or "step" not in row:
+            raise ResultsError(f"{path}:{n}: a metrics row needs 'split' and 'step'")
+        rows.append(row)
+    return rows
+
+
+def _label(r: EvalResult, d: Path) -> str:
+    return f"step {r.meta['step']}" if r.meta.get("step") is not None else (r.meta.get("model") or d.name)
+
+
+def build_report(run_dir: str | Path, out_dir: str | Path | None = None) -> Path:
+    """Write ``report.json``, ``report.md``, ``succ_at_k.png``, ``training.png`` (runs
+    only) and ``report.html`` into ``RUN_DIR/report`` (or ``out_dir``); returns the HTML path."""
+    from turnrl.report.html import render_html
+    from turnrl.report.plots import succ_curves, training_curves
+
+    run = Path(run_dir)
+    dirs = find_evals(run)
+    results = [(_label(r, d), r) for d, r in ((d, load_eval(d)) for d in dirs)]
+    rows = read_metrics_log(run / "metrics.jsonl") if (run / "metrics.jsonl").is_file() else []
+    out = Path(out_dir) if out_dir else run / "report"
+    out.mkdir(parents=True, exist_ok=True)
+    shown = results if len(results) <= 4 else [results[0], *results[-3:]]  # first, and the last three
+    images = {"succ_at_k.png": succ_curves(shown, out / "succ_at_k.png")}
+    if rows:
+        p = training_curves(rows, out / "training.png")
+        if p:
+            images["training.png"] = p
+    md = markdown_table(results)
+    title = f"turnrl report: {run.resolve().name}"
+    (out / "report.md").write_text(f"# {title}\n\n{md}\n" + "".join(f"![{n}]({n})\n" for n in images))
+    doc = {"run_dir": str(run), "evals": [{"label": lbl, "dir": str(d), "meta": r.meta, "metrics": r.metrics,
+                                           "intervals": {k: list(v) for k, v in r.intervals.items()}}
+                                          for d, (lbl, r) in zip(dirs, results)],
+           "training_rows": len(rows), "images": list(images)}
+    (out / "report.json").write_text(json.dumps(doc, indent=2))
+    page = render_html(title, results, images={n: base64.b64encode(p.read_bytes()).decode() for n, p in images.items()})
+    (out / "report.html").write_text(page)
+    return out / "report.html"
+
+
+def compare(results: list[tuple[str, EvalResult]], out_dir: str | Path) -> Path:
+    """One table and one Succ@k plot over several results evaluated on the same seeds."""
+    from turnrl.report.plots import succ_curves
+
+    (l0, r0), *rest = results
+    for label, r in rest:
+        if r.meta["seeds"] != r0.meta["seeds"] or r.meta["max_turns"] != r0.meta["max_turns"]:
+            raise ResultsError(f"{label} was evaluated on other seeds or turns than {l0}; compare needs the same "
+                               f"({len(r.meta['seeds'])} vs {len(r0.meta['seeds'])} seeds, "
+                               f"max_turns {r.meta['max_turns']} vs {r0.meta['max_turns']})")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    md = markdown_table(results)
+    succ_curves(results, out / "compare.png")
+    (out / "compare.md").write_text(f"# turnrl compare\n\n{md}\n![Succ@k](compare.png)\n")
+    (out / "compare.json").write_text(json.dumps(
+        [{"label": lbl, "meta": r.meta, "metrics": r.metrics, "intervals": {k: list(v) for k, v in r.intervals.items()}}
+         for lbl, r in results], indent=2))
+    return out / "compare.md"
+
+
+__all__ = ["build_report", "compare", "headline", "markdown_table"]

@@ -1,0 +1,155 @@
+"""``turnrl serve MODEL``: an OpenAI-compatible chat-completions server on the built-in
+engine, so a trained model is usable from any OpenAI client and evaluable over HTTP.
+
+Endpoints: ``POST /v1/chat/completions`` (no streaming, no tools), ``GET /v1/models``,
+``GET /health``. Concurrent requests are batched: one worker thread owns the engine and
+runs every request that arrived with the same sampling settings in one ``generate``
+call. Greedy (``temperature: 0``) replies equal the in-process engine's.
+"""
+from __future__ import annotations
+
+import queue
+import threading
+import time
+import uuid
+from concurrent.futures import Future
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from turnrl.engine.base import GenRequest, SamplingParams
+from turnrl.types import Message
+
+
+class ChatMessage(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    role: Literal["system", "user", "assistant", "tool"]
+    content: str
+
+
+class ChatRequest(BaseModel):
+    model_config = ConfigDict(extra="ignore")  # clients send fields we do not use (user, logit_bias=None, ...)
+    model: str
+    messages: list[ChatMessage] = Field(min_length=1)
+    temperature: float = Field(1.0, ge=0, le=2)
+    top_p: float = Field(1.0, gt=0, le=1)
+    top_k: int = Field(0, ge=0)
+    max_tokens: int | None = Field(None, ge=1)
+    max_completion_tokens: int | None = Field(None, ge=1)
+    n: int = Field(1, ge=1, le=64)
+    seed: int | None = None
+    stream: bool = False
+
+
+class Batcher:
+    """Serialises access to the engine and batches requests that share sampling settings."""
+
+    def __init__(self, engine, max_batch: int = 32, wait_s: float = 0.01):
+        self.engine, self.max_batch, self.wait_s = engine, max_batch, wait_s
+        self.q: queue.Queue = queue.Queue()
+        self._stop = False
+        self.thread = threading.Thread(target=self._loop, name="turnrl-engine", daemon=True)
+        self.thread.start()
+
+    def submit(self, ids: list[int], sp: SamplingParams) -> Future:
+        fut: Future = Future()
+        self.q.put((ids, sp, fut))
+        return fut
+
+    def close(self) -> None:
+        self._stop = True
+        self.q.put(None)
+
+    def _loop(self) -> None:
+        held: list = []
+        while not self._stop:
+            first = held.pop(0) if held else self.q.get()
+            if first is None:
+                return
+            batch, deadline = [first], time.monotonic() + self.wait_s
+            rest = []
+            for item in held:  # requests held back from an earlier batch go first
+                (batch if item[1] == first[1] and len(batch) < self.max_batch else rest).append(item)
+            held = rest
+            while len(batch) < self.max_batch:
+                try:
+                    item = self.q.get(timeout=max(0.0, deadline - time.monotonic()))
+                except queue.Empty:
+                    break
+                if item is None:
+                    self._stop = True
+                    break
+                (batch if item[1] == first[1] else held).append(item)
+            try:
+                results = self.engine.generate([GenRequest(i, ids) for i, (ids, _, _) in enumerate(batch)], first[1])
+                for (_, _, fut), res in zip(batch, results):
+                    fut.set_result(res)
+            except Exception as e:  # a failed batch fails its requests, never the server
+                for _, _, fut in batch:
+                    fut.set_exception(e)
+            finally:
+                self.engine.release()
+
+
+def create_app(engine, chat, model_name: str, max_context: int, max_batch: int = 32):
+    from fastapi import FastAPI, HTTPException
+
+    app = FastAPI(title="turnrl serve")
+    batcher = Batcher(engine, max_batch=max_batch)
+    app.state.batcher = batcher
+    created = int(time.time())
+
+    @app.get("/health")
+    def health():
+        return {"status": "ok"}
+
+    @app.get("/v1/models")
+    def models():
+        return {"object": "list", "data": [{"id": model_name, "object": "model", "created": created, "owned_by": "turnrl"}]}
+
+    @app.post("/v1/chat/completions")
+    def completions(req: ChatRequest):
+        if req.model != model_name:
+            raise HTTPException(404, f"model {req.model!r} is not served here; this server has {model_name!r}")
+        if req.stream:
+            raise HTTPException(400, "stream=true is not supported by turnrl serve")
+        ids = chat.prompt_ids([Message(m.role, m.content) for m in req.messages])
+        room = max_context - len(ids)
+        if room < 1:
+            raise HTTPException(400, f"the prompt has {len(ids)} tokens; this server's context limit is {max_context}")
+        max_new = min(req.max_completion_tokens or req.max_tokens or room, room)
+        base_seed = req.seed if req.seed is not None else 0
+        futures = []
+        for i in range(req.n):
+            greedy = req.temperature == 0
+            sp = SamplingParams(temperature=req.temperature, top_p=1.0 if greedy else req.top_p,
+                                top_k=0 if greedy else req.top_k, max_new_tokens=max_new,
+                                seed=0 if greedy else base_seed + i)
+            futures.append(batcher.submit(ids, sp))
+        results = [f.result() for f in futures]
+        choices = [{"index": i, "message": {"role": "assistant", "content": chat.decode_action(r.token_ids)},
+                    "finish_reason": "stop" if r.stopped else "length", "logprobs": None}
+                   for i, r in enumerate(results)]
+        completion = sum(len(r.token_ids) for r in results)
+        return {"id": f"chatcmpl-{uuid.uuid4().hex}", "object": "chat.completion", "created": int(time.time()),
+                "model": model_name, "choices": choices,
+                "usage": {"prompt_tokens": len(ids), "completion_tokens": completion, "total_tokens": len(ids) + completion}}
+
+    return app
+
+
+def serve(model: str, host: str = "127.0.0.1", port: int = 8000, name: str | None = None,
+          max_context: int = 2048, max_batch: int = 32, threads: int = 0) -> None:
+    import torch
+    import uvicorn
+
+    from turnrl.build import build_engine
+    from turnrl.models import load_model, load_tokenizer
+
+    if threads:
+        torch.set_num_threads(threads)
+    tok = load_tokenizer(model)
+    engine, chat = build_engine(load_model(model), tok)
+    app = create_app(engine, chat, name or model, max_context=max_context, max_batch=max_batch)
+    print(f"turnrl serve: {name or model} on http://{host}:{port}/v1", flush=True)
+    uvicorn.run(app, host=host, port=port, log_level="warning")
