@@ -44,11 +44,22 @@ def test_eval_on_a_local_model_dir_prints_turn_metrics(tmp_path, tokenizer, caps
     make_tiny_model().save_pretrained(tmp_path / "m")
     tokenizer.save_pretrained(tmp_path / "m")
     rc = main(["eval", "--model", str(tmp_path / "m"), "--eval.num_tasks", "3", "--eval.pass_k", "2",
-               "--env.max_turns", "2", "--rollout.max_new_tokens", "4"])
+               "--env.max_turns", "2", "--rollout.max_new_tokens", "4", "--out", str(tmp_path / "res")])
     out = capsys.readouterr().out
     metrics = json.loads(out[out.index("{"):])
-    assert rc == 0 and set(metrics) >= {"succ@1", "succ@2", "pass@2", "unique_answer_ratio", "invalid_format_rate"}
+    assert rc == 0 and set(metrics) >= {"succ@1", "succ@2", "pass@2", "self_correction_rate", "invalid_format_rate"}
     assert metrics["succ@1"] <= metrics["succ@2"]
+    saved = json.loads((tmp_path / "res" / "eval.json").read_text())
+    assert saved["metrics"] == metrics and saved["meta"]["seeds"] == [0, 1, 2]
+    assert len((tmp_path / "res" / "episodes.jsonl").read_text().splitlines()) == 3
+    assert (tmp_path / "res" / "report" / "report.html").is_file()
+
+
+def test_report_of_a_malformed_run_dir_is_one_clear_error(tmp_path, capsys):
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "metrics.jsonl").write_text("")
+    assert main(["report", str(tmp_path / "run")]) == 1
+    assert f"{tmp_path / 'run'}: no eval.json and no evals/step_*/eval.json" in capsys.readouterr().err
 
 
 def test_bad_data_file_is_reported_before_any_model_loads(tmp_path, capsys, monkeypatch):

@@ -41,6 +41,14 @@ def test_three_steps_change_the_weights_without_nan(tmp_path, tokenizer):
 
     reloaded = AutoModelForCausalLM.from_pretrained(summary["final_model"])
     assert torch.equal(reloaded.state_dict()["model.embed_tokens.weight"], after["model.embed_tokens.weight"])
+    # the periodic / final evaluation is turnrl eval's code and the run ends with its report
+    from turnrl.results import load_eval
+
+    final = load_eval(tmp_path / "run" / "evals" / "step_000003")
+    assert final.meta["step"] == 3 and final.meta["seeds"] == [10**9, 10**9 + 1] and len(final.episodes) == 2
+    assert [r for r in rows if r["split"] == "eval"][-1]["succ@1"] == final.metrics["succ@1"]
+    assert summary["report"] == str(tmp_path / "run" / "report" / "report.html")
+    assert (tmp_path / "run" / "report" / "training.png").is_file()
 
 
 def test_resume_after_interruption_equals_uninterrupted_run(tmp_path, tokenizer):

@@ -13,6 +13,7 @@ import threading
 import time
 import uuid
 from concurrent.futures import Future
+from dataclasses import replace
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -69,7 +70,7 @@ class Batcher:
             batch, deadline = [first], time.monotonic() + self.wait_s
             rest = []
             for item in held:  # requests held back from an earlier batch go first
-                (batch if item[1] == first[1] and len(batch) < self.max_batch else rest).append(item)
+                (batch if _same(item[1], first[1]) and len(batch) < self.max_batch else rest).append(item)
             held = rest
             while len(batch) < self.max_batch:
                 try:
@@ -79,7 +80,7 @@ class Batcher:
                 if item is None:
                     self._stop = True
                     break
-                (batch if item[1] == first[1] else held).append(item)
+                (batch if _same(item[1], first[1]) else held).append(item)
             try:
                 results = self.engine.generate([GenRequest(i, ids) for i, (ids, _, _) in enumerate(batch)], first[1])
                 for (_, _, fut), res in zip(batch, results):
@@ -91,10 +92,33 @@ class Batcher:
                 self.engine.release()
 
 
+def _same(a: SamplingParams, b: SamplingParams) -> bool:
+    """Requests batch together when only their seeds differ; the batch samples with the
+    first one's seed, so a seeded sampled reply depends on what it was batched with."""
+    return replace(a, seed=0) == replace(b, seed=0)
+
+
 def create_app(engine, chat, model_name: str, max_context: int, max_batch: int = 32):
     from fastapi import FastAPI, HTTPException
 
+    from fastapi.exceptions import RequestValidationError
+    from fastapi.responses import JSONResponse
+    from starlette.exceptions import HTTPException as StarletteHTTPException
+
     app = FastAPI(title="turnrl serve")
+
+    def error(code: int, message: str) -> JSONResponse:  # OpenAI's error shape, which its clients read
+        kind = "invalid_request_error" if code < 500 else "server_error"
+        return JSONResponse({"error": {"message": message, "type": kind, "param": None, "code": code}}, status_code=code)
+
+    @app.exception_handler(StarletteHTTPException)
+    def _http_error(request, exc):
+        return error(exc.status_code, str(exc.detail))
+
+    @app.exception_handler(RequestValidationError)
+    def _invalid(request, exc):
+        msgs = [f"{'.'.join(str(p) for p in e['loc'] if p != 'body')}: {e['msg']}" for e in exc.errors()]
+        return error(400, "; ".join(msgs))
     batcher = Batcher(engine, max_batch=max_batch)
     app.state.batcher = batcher
     created = int(time.time())

@@ -1,0 +1,79 @@
+"""``turnrl serve`` as a real server in a subprocess, driven by the official openai client."""
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
+import openai
+import pytest
+
+from turnrl.config import load_config
+from turnrl.endpoint import ChatEndpoint
+from turnrl.evaluate import EngineRunner, evaluate
+from turnrl.types import Message
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server():
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "turnrl.cli", "serve", "smollm2-135m", "--port", str(port),
+                             "--name", "smol", "--threads", "1", "--max-context", "512"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 180
+    while True:
+        try:
+            urllib.request.urlopen(url + "/health", timeout=2)
+            break
+        except OSError:
+            if proc.poll() is not None or time.time() > deadline:
+                proc.kill()
+                pytest.fail(f"turnrl serve did not come up:\n{proc.stdout.read()}")
+            time.sleep(0.5)
+    yield url + "/v1"
+    proc.terminate()
+    proc.wait(timeout=30)
+
+
+def test_http_eval_matches_the_in_process_engine_with_greedy_decoding(server, tokenizer):
+    from turnrl.build import build_engine
+    from turnrl.models import load_model
+
+    cfg = load_config("configs/ufo_demo.toml", ["--eval.num_tasks", "6", "--eval.pass_k", "0", "--env.max_turns", "3"])
+    engine, chat = build_engine(load_model("smollm2-135m"), tokenizer)
+    local = evaluate(EngineRunner(engine, chat, name="local"), cfg)
+    remote = evaluate(ChatEndpoint(server, concurrency=3), cfg)  # the model name comes from /v1/models
+    assert remote.meta["model"] == f"smol @ {server}"
+    assert [e["seed"] for e in remote.episodes] == [e["seed"] for e in local.episodes] == list(range(6))
+    for a, b in zip(local.episodes, remote.episodes):
+        assert [t["text"] for t in a["turns"]] == [t["text"] for t in b["turns"]], a["seed"]
+        assert [t["tokens"] for t in a["turns"]] == [t["tokens"] for t in b["turns"]], a["seed"]
+    for k in ("succ@1", "succ@3", "self_correction_rate", "repeated_answer_rate", "invalid_format_rate", "tokens_per_episode"):
+        assert remote.metrics[k] == local.metrics[k], k
+    assert remote.metrics["errored_episodes"] == 0
+
+
+def test_chat_completions_api(server, chat):
+    client = openai.OpenAI(base_url=server, api_key="none", max_retries=0)
+    assert [m.id for m in client.models.list()] == ["smol"]
+    msgs = [{"role": "user", "content": "What is 2 + 3?"}]
+    r = client.chat.completions.create(model="smol", messages=msgs, temperature=0, max_tokens=3, n=2)
+    assert len(r.choices) == 2 and r.choices[0].message.content == r.choices[1].message.content  # greedy
+    assert r.choices[0].finish_reason == "length"  # 3 tokens are too few to finish
+    assert r.usage.prompt_tokens == len(chat.prompt_ids([Message("user", msgs[0]["content"])]))
+    assert r.usage.completion_tokens == 6
+    with pytest.raises(openai.NotFoundError, match="'gpt-4' is not served here; this server has 'smol'"):
+        client.chat.completions.create(model="gpt-4", messages=msgs)
+    with pytest.raises(openai.BadRequestError, match="stream=true is not supported"):
+        client.chat.completions.create(model="smol", messages=msgs, stream=True)
+    with pytest.raises(openai.BadRequestError, match="context limit is 512"):
+        client.chat.completions.create(model="smol", messages=[{"role": "user", "content": "hi " * 600}])
+    with pytest.raises(openai.BadRequestError, match="messages: List should have at least 1 item"):
+        client.chat.completions.create(model="smol", messages=[])
