@@ -1,6 +1,7 @@
 from pathlib import Path
 
 import pytest
+import torch
 
 from tests.conftest import needs_gsm8k
 from turnrl.build import env_factory
@@ -29,3 +30,23 @@ def test_custom_env_gets_split_and_eval_seeds_apart():
     cfg = load_config(None, ["--env.name", "tests.toy_envs:LengthEnv", "--env.max_turns", "3"])
     env = env_factory(cfg, "eval")()
     assert env.split == "eval" and env.max_turns == 3
+
+
+def test_a_checkpoint_directory_loads_for_inference(tmp_path, tokenizer):
+    from transformers import AutoModelForCausalLM
+
+    from tests.conftest import make_tiny_model
+    from tests.test_trainer import cfg_for
+    from turnrl.build import load_for_inference
+    from turnrl.trainer import Trainer
+
+    make_tiny_model().save_pretrained(tmp_path / "m")
+    tokenizer.save_pretrained(tmp_path / "m")
+    summary = Trainer(cfg_for(tmp_path, steps=1, extra=["--model.name", str(tmp_path / "m")])).train()
+    model, tok = load_for_inference(str(tmp_path / "run" / "checkpoints" / "step_000001"))
+    final = AutoModelForCausalLM.from_pretrained(summary["final_model"]).state_dict()
+    start = make_tiny_model().state_dict()
+    got = model.state_dict()
+    assert all(torch.equal(got[k], final[k]) for k in final)  # the checkpoint's weights, not the base's
+    assert any(not torch.equal(got[k], start[k]) for k in start)
+    assert tok.chat_template == tokenizer.chat_template

@@ -70,9 +70,29 @@ def test_bad_data_file_is_reported_before_any_model_loads(tmp_path, capsys, monk
         raise AssertionError("model loaded before the data was checked")
 
     monkeypatch.setattr(turnrl.build, "build_policy", no_model)
+    monkeypatch.setattr(turnrl.build, "load_for_inference", no_model)
     monkeypatch.setattr(turnrl.trainer, "build_policy", no_model)
     bad = tmp_path / "d.jsonl"
     bad.write_text('{"question": "q"}\n')
     for cmd in ("train", "eval", "rollout"):
         assert main([cmd, "--task.source", "file", "--task.path", str(bad)]) == 1
         assert "d.jsonl:1: missing field 'answer'" in capsys.readouterr().err
+
+
+def test_compare_of_stored_results_prints_one_table(tmp_path, capsys):
+    from tests.report.test_report import EPISODES, result
+
+    result().save(tmp_path / "a")
+    result().save(tmp_path / "b")
+    result(EPISODES[:2]).save(tmp_path / "c")  # other seeds
+    assert main(["eval", "--compare", str(tmp_path / "a"), str(tmp_path / "b"), "--out", str(tmp_path / "cmp")]) == 0
+    out = capsys.readouterr().out
+    assert f"| {tmp_path / 'a'} | 5 | 0.200 [" in out and f"| {tmp_path / 'b'} | 5 | 0.200 [" in out
+    assert (tmp_path / "cmp" / "compare.png").is_file() and (tmp_path / "cmp" / "compare.json").is_file()
+    assert main(["eval", "--compare", str(tmp_path / "a"), str(tmp_path / "c"), "--out", str(tmp_path / "cmp2")]) == 1
+    assert "was evaluated on other seeds or turns than" in capsys.readouterr().err
+
+
+def test_endpoint_and_model_together_is_a_config_error(capsys):
+    assert main(["eval", "--endpoint", "http://127.0.0.1:9/v1", "--model", "smollm2-135m"]) == 2
+    assert "--endpoint names the model to evaluate" in capsys.readouterr().err

@@ -8,7 +8,7 @@ from typing import Callable
 import torch
 
 from turnrl.chat import ChatFormat
-from turnrl.config import RunConfig
+from turnrl.config import ModelConfig, RunConfig
 from turnrl.engine.hf import HFEngine
 from turnrl.envs import ArithmeticTasks, FileTasks
 from turnrl.envs.base import Env
@@ -69,6 +69,31 @@ def build_policy(cfg: RunConfig):
         model = get_peft_model(model, LoraConfig(r=cfg.model.lora_rank, lora_alpha=cfg.model.lora_alpha,
                                                  target_modules=list(cfg.model.lora_targets), lora_dropout=0.0))
     return model, tok
+
+
+def load_for_inference(name: str):
+    """(model, tokenizer) for evaluation or serving. ``name`` is anything ``model.name``
+    takes, a run directory (its ``final/`` model), or a training checkpoint directory
+    (``RUN/checkpoints/step_N``: the run's base model with the checkpoint's weights,
+    LoRA adapters merged)."""
+    from pathlib import Path
+
+    from turnrl.models import ModelLoadError, load_model, load_tokenizer
+
+    p = Path(name).expanduser()
+    if (p / "state.pt").is_file():
+        state = torch.load(p / "state.pt", map_location="cpu", weights_only=False)
+        if "config" not in state or "model" not in state:
+            raise ModelLoadError(f"{p / 'state.pt'}: not a turnrl checkpoint (no 'config' / 'model')")
+        m = state["config"]["model"]  # a full dump: take the fields that apply
+        keys = ["name", "finetune", "dtype"] + (["lora_rank", "lora_alpha", "lora_targets"] if m["finetune"] == "lora" else [])
+        cfg = RunConfig(model=ModelConfig(**{k: m[k] for k in keys}))
+        model, tok = build_policy(cfg)
+        model.load_state_dict(state["model"])
+        if cfg.model.finetune == "lora":
+            model = model.merge_and_unload()
+        return model.eval(), tok
+    return load_model(name), load_tokenizer(name)
 
 
 def build_engine(model, tok) -> tuple[HFEngine, ChatFormat]:

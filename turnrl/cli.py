@@ -39,7 +39,7 @@ def _parser() -> argparse.ArgumentParser:
                                 "or a model name / directory")
             s.add_argument("--no-report", action="store_true", help="skip the Markdown / PNG / HTML report")
     v = sub.add_parser("serve", help="serve a model over an OpenAI-compatible chat-completions API")
-    v.add_argument("model", help="'smollm2-135m', a local HF dir, a run dir (its final/ model), or a hub id")
+    v.add_argument("model", help="'smollm2-135m', a local HF dir, a run dir (its final/ model), a checkpoint dir, or a hub id")
     v.add_argument("--host", default="127.0.0.1")
     v.add_argument("--port", type=int, default=8000)
     v.add_argument("--name", help="model name clients ask for (default: MODEL as given)")
@@ -163,12 +163,10 @@ def _runner(spec: str, cfg, args):
         url, _, name = spec.partition("#")
         return ChatEndpoint(url, name or args.endpoint_model, api_key=os.environ.get(args.api_key_env),
                             concurrency=args.concurrency, timeout_s=args.timeout, max_retries=args.max_retries)
-    from turnrl.build import build_engine, build_policy
+    from turnrl.build import build_engine, load_for_inference
     from turnrl.evaluate import EngineRunner
 
-    mcfg = cfg.model_copy(update={"model": cfg.model.model_copy(update={"name": spec})})
-    model, tok = build_policy(mcfg)
-    engine, chat = build_engine(model, tok)
+    engine, chat = build_engine(*load_for_inference(spec))
     return EngineRunner(engine, chat, name=spec)
 
 

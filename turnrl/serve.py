@@ -167,13 +167,11 @@ def serve(model: str, host: str = "127.0.0.1", port: int = 8000, name: str | Non
     import torch
     import uvicorn
 
-    from turnrl.build import build_engine
-    from turnrl.models import load_model, load_tokenizer
+    from turnrl.build import build_engine, load_for_inference
 
     if threads:
         torch.set_num_threads(threads)
-    tok = load_tokenizer(model)
-    engine, chat = build_engine(load_model(model), tok)
+    engine, chat = build_engine(*load_for_inference(model))
     app = create_app(engine, chat, name or model, max_context=max_context, max_batch=max_batch)
     print(f"turnrl serve: {name or model} on http://{host}:{port}/v1", flush=True)
     uvicorn.run(app, host=host, port=port, log_level="warning")

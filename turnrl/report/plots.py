@@ -39,7 +39,7 @@ def succ_curves(results: list[tuple[str, EvalResult]], path: Path) -> Path:
     ax.set_ylim(0, 1.02)
     ax.grid(alpha=0.3)
     ax.set_title("Success within k attempts (shaded: 95% bootstrap interval)")
-    ax.legend(fontsize=8, loc="lower right")
+    ax.legend(fontsize=8, loc="best")
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
