@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from turnrl.jsonl import iter_jsonl
 from turnrl.metrics import solved_at, turn_counts
 from turnrl.types import Episode
 
@@ -104,18 +105,7 @@ def load_eval(path: str | Path) -> EvalResult:
     ep_file = f.parent / doc.get("episodes_file", EPISODES_FILE)
     if not ep_file.is_file():
         raise ResultsError(f"{ep_file}: not found (named by {f})")
-    episodes = []
-    for n, line in enumerate(ep_file.read_text().splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise ResultsError(f"{ep_file}:{n}: not valid JSON ({e})") from None
-        for key in ("turns", "opening", "seed"):
-            if key not in rec:
-                raise ResultsError(f"{ep_file}:{n}: episode record has no {key!r}")
-        episodes.append(rec)
+    episodes = [rec for _, rec in iter_jsonl(ep_file, ResultsError, ("turns", "opening", "seed"), "episode record")]
     return EvalResult(metrics, intervals, meta, episodes)
 
 

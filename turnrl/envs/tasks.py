@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import csv
 import hashlib
-import json
 import random
 import re
 from dataclasses import dataclass, field
@@ -16,6 +15,7 @@ from pathlib import Path
 from typing import Any, Literal, Protocol
 
 from turnrl.envs.answers import parse_number
+from turnrl.jsonl import iter_jsonl
 
 
 class DataError(ValueError):
@@ -181,17 +181,7 @@ class FileTasks:
     def _rows(self):
         suffix = self.path.suffix.lower()
         if suffix in (".jsonl", ".json"):
-            with self.path.open(encoding="utf-8") as f:
-                for n, raw in enumerate(f, 1):
-                    if not raw.strip():
-                        continue
-                    try:
-                        row = json.loads(raw)
-                    except json.JSONDecodeError as e:
-                        raise DataError(f"{self.path}:{n}: invalid JSON ({e.msg})") from None
-                    if not isinstance(row, dict):
-                        raise DataError(f"{self.path}:{n}: expected a JSON object, got {type(row).__name__}")
-                    yield n, row
+            yield from iter_jsonl(self.path, DataError)
         elif suffix == ".csv":
             with self.path.open(encoding="utf-8", newline="") as f:
                 reader = csv.DictReader(f)

@@ -10,6 +10,7 @@ import base64
 import json
 from pathlib import Path
 
+from turnrl.jsonl import iter_jsonl
 from turnrl.results import EvalResult, ResultsError, find_evals, load_eval
 
 # (metric key, column title); each shown with its 95% interval where one was computed
@@ -64,18 +65,7 @@ def markdown_table(results: list[tuple[str, EvalResult]]) -> str:
 
 
 def read_metrics_log(path: Path) -> list[dict]:
-    rows = []
-    for n, line in enumerate(path.read_text().splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise ResultsError(f"{path}:{n}: not valid JSON ({e})") from None
-        if not isinstance(row, dict) or "split" not in row or "step" not in row:
-            raise ResultsError(f"{path}:{n}: a metrics row needs 'split' and 'step'")
-        rows.append(row)
-    return rows
+    return [row for _, row in iter_jsonl(path, ResultsError, required=("split", "step"), what="a metrics row")]
 
 
 def _label(r: EvalResult, d: Path) -> str:
