@@ -47,6 +47,8 @@ def env_factory(cfg: RunConfig, split: str, max_turns: int | None = None) -> Cal
     cls = resolve(e.name)
     kwargs = dict(e.kwargs)
     params = inspect.signature(cls).parameters
+    if uses_tasks(cls):
+        kwargs["tasks"] = build_tasks(cfg, split)
     if "split" in params:
         kwargs["split"] = split
     if "max_turns" in params:
@@ -54,8 +56,14 @@ def env_factory(cfg: RunConfig, split: str, max_turns: int | None = None) -> Cal
     return partial(cls, **kwargs)
 
 
+def uses_tasks(cls) -> bool:
+    """Envs fed by a task source ([task] section): retry, tir, ... Their splits are
+    disjoint task sets, so eval seeds start at 0 like train seeds."""
+    return bool(getattr(cls, "uses_tasks", False))
+
+
 def seed_offset(cfg: RunConfig, split: str) -> int:
-    return EVAL_SEED_OFFSET if (split == "eval" and cfg.env.name != "retry") else 0
+    return EVAL_SEED_OFFSET if (split == "eval" and not uses_tasks(resolve(cfg.env.name))) else 0
 
 
 def build_policy(cfg: RunConfig):

@@ -166,9 +166,19 @@ class RunConfig(Section):
 
     @model_validator(mode="after")
     def _check(self):
-        if self.env.name != "retry" and "task" in self.model_fields_set:
-            raise ValueError("task: the [task] section only feeds the retry env; a custom env gets env.kwargs")
+        if "task" in self.model_fields_set and not _uses_tasks(self.env.name):
+            raise ValueError(f"task: env {self.env.name!r} takes no task source, so the [task] section would be "
+                             "ignored; configure it with env.kwargs")
         return self
+
+
+def _uses_tasks(env_name: str) -> bool:
+    from turnrl.envs.registry import resolve
+
+    try:
+        return bool(getattr(resolve(env_name), "uses_tasks", False))
+    except ValueError:
+        return False  # an unknown env is reported where it is built
 
 
 def _format_error(err: ValidationError, source: str) -> str:

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 
 from turnrl.chat import ChatFormat
 from turnrl.engine.base import Engine, GenRequest, SamplingParams
 from turnrl.envs.base import Env
-from turnrl.types import Episode, Message, Turn
+from turnrl.types import Episode, Message, Step, Turn
 
 
 @dataclass(frozen=True)
@@ -16,6 +17,15 @@ class RolloutConfig:
     sampling: SamplingParams
     max_context: int = 2048  # tokens; an episode that would pass it is truncated ("context")
     retry_temperature: float | None = None  # temperature for attempts >= 2 (None: same as the first)
+
+
+def step_envs(envs: list[Env], actions: list[str]) -> list[Step]:
+    """``env.step`` for each pair; concurrently (threads) when the envs do slow outside
+    work (``Env.parallel_steps``: code execution, servers), in order otherwise."""
+    if len(envs) > 1 and any(e.parallel_steps for e in envs):
+        with ThreadPoolExecutor(min(len(envs), 32)) as pool:
+            return list(pool.map(lambda pair: pair[0].step(pair[1]), zip(envs, actions)))
+    return [e.step(a) for e, a in zip(envs, actions)]
 
 
 def collect(
@@ -63,10 +73,10 @@ def collect(
         results = engine.generate([GenRequest(i, list(contexts[i])) for i in live], sp)  # a copy: contexts grow in place
         latency = time.perf_counter() - t0
         still = []
-        for i, res in zip(live, results):
-            ep, env = episodes[i], envs[i]
-            text = chat.decode_action(res.token_ids)
-            step = env.step(text)  # model output never crashes a run: envs parse defensively
+        texts = [chat.decode_action(res.token_ids) for res in results]
+        steps = step_envs([envs[i] for i in live], texts)  # model output never crashes a run: envs parse defensively
+        for i, res, text, step in zip(live, results, texts, steps):
+            ep = episodes[i]
             ep.turns.append(Turn(
                 obs_ids=pending[i], action_ids=res.token_ids, action_logprobs=res.logprobs, text=text,
                 reward=float(step.reward), void=not step.info.get("valid", True),

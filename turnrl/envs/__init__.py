@@ -4,7 +4,10 @@ from turnrl.envs.registry import make, register, registered, resolve
 from turnrl.envs.retry import RetryEnv
 from turnrl.envs.tasks import ArithmeticTasks, DataError, FileTasks, Task
 
-register("retry", RetryEnv)
+from turnrl.envs.tir import TIREnv
 
-__all__ = ["Env", "RetryEnv", "Task", "ArithmeticTasks", "FileTasks", "DataError", "check_env",
+register("retry", RetryEnv)
+register("tir", TIREnv)
+
+__all__ = ["Env", "RetryEnv", "TIREnv", "Task", "ArithmeticTasks", "FileTasks", "DataError", "check_env",
            "EnvCheckError", "make", "register", "registered", "resolve"]

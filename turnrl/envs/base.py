@@ -14,6 +14,11 @@ from turnrl.types import Message, Step
 class Env(ABC):
     #: attempts / turns allowed; the rollout stops an episode after this many turns.
     max_turns: int = 1
+    #: ``step`` does slow outside work (runs code, calls a server): the rollout steps the
+    #: episodes of a turn concurrently, in threads.
+    parallel_steps: bool = False
+    #: the constructor takes ``tasks`` (a task source built from the [task] section).
+    uses_tasks: bool = False
 
     @abstractmethod
     def reset(self, seed: int) -> list[Message]:

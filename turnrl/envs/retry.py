@@ -28,6 +28,8 @@ class RetryEnv(Env):
     The episode is ``terminated`` when solved and ``truncated`` when attempts run out.
     """
 
+    uses_tasks = True
+
     def __init__(
         self,
         tasks: TaskSource,
