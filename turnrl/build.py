@@ -37,7 +37,7 @@ def _load_file(*args) -> FileTasks:
 def env_factory(cfg: RunConfig, split: str, max_turns: int | None = None) -> Callable[[], Env]:
     """A zero-argument constructor of fresh envs for ``split`` ('train' or 'eval')."""
     e = cfg.env
-    turns = max_turns or e.max_turns
+    turns = max_turns or (e.max_turns if "max_turns" in e.model_fields_set or e.name == "retry" else None)
     if e.name == "retry":
         tasks = build_tasks(cfg, split)
         factory = resolve("retry")
@@ -51,9 +51,17 @@ def env_factory(cfg: RunConfig, split: str, max_turns: int | None = None) -> Cal
         kwargs["tasks"] = build_tasks(cfg, split)
     if "split" in params:
         kwargs["split"] = split
-    if "max_turns" in params:
+    if "max_turns" in params and turns is not None:
         kwargs["max_turns"] = turns
     return partial(cls, **kwargs)
+
+
+def episode_turns(cfg: RunConfig) -> int:
+    """The turn cap episodes run under: ``env.max_turns`` when the config sets it (or for
+    the retry env), else the env's own default (Wordle 6, Maze 40, ...)."""
+    if "max_turns" in cfg.env.model_fields_set or cfg.env.name == "retry":
+        return cfg.env.max_turns
+    return env_factory(cfg, "eval")().max_turns
 
 
 def uses_tasks(cls) -> bool:

@@ -93,7 +93,7 @@ def _dispatch(args, rest: list[str]) -> int:
 
         for name, factory in sorted(registered().items()):
             doc = (factory.__doc__ or "").strip().splitlines()
-            print(f"{name:12s} {factory.__module__}.{factory.__qualname__}  {doc[0] if doc else ''}")
+            print(f"{name:17s} {doc[0] if doc else factory.__qualname__}")
         return 0
     if args.cmd == "check-env":
         from turnrl.build import env_factory

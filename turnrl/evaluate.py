@@ -13,7 +13,7 @@ from typing import Callable, Protocol
 
 import numpy as np
 
-from turnrl.build import env_factory, seed_offset
+from turnrl.build import env_factory, episode_turns, seed_offset
 from turnrl.config import RunConfig
 from turnrl.engine.base import SamplingParams
 from turnrl.envs.base import Env
@@ -61,8 +61,9 @@ def evaluate(runner: Runner, cfg: RunConfig, step: int | None = None) -> EvalRes
     episodes = runner.run(env_factory(cfg, "eval"), seeds, rcfg, ev.batch_size)
     errored = [e for e in episodes if e.info.get("error")]
     scored = [e for e in episodes if not e.info.get("error")]  # endpoint failures are not the policy's
-    metrics = episode_metrics(scored, cfg.env.max_turns)
-    intervals = episode_intervals(scored, cfg.env.max_turns)
+    turns = episode_turns(cfg)
+    metrics = episode_metrics(scored, turns)
+    intervals = episode_intervals(scored, turns)
     metrics["episodes"] = float(len(scored))
     metrics["errored_episodes"] = float(len(errored))
     if ev.pass_k > 0:
@@ -90,7 +91,7 @@ def evaluate(runner: Runner, cfg: RunConfig, step: int | None = None) -> EvalRes
     tok = getattr(runner, "tokenizer", None)
     meta = {
         "model": runner.name, "env": cfg.env.name, "split": "eval", "seeds": seeds,
-        "max_turns": cfg.env.max_turns, "step": step, "temperature": ev.temperature,
+        "max_turns": turns, "step": step, "temperature": ev.temperature,
         "max_new_tokens": max_new, "pass_k": ev.pass_k, "pass_temperature": ev.pass_temperature,
         "task": cfg.task.model_dump(mode="json") if cfg.env.name == "retry" else None,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S"),

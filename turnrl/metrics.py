@@ -108,6 +108,10 @@ def episode_metrics(episodes: list[Episode], max_turns: int) -> dict[str, float]
         "tokens_per_turn": sum(t.num_tokens for t in turns) / n_turns,
         "context_truncation_rate": sum(1 for e in episodes if e.truncated_by == "context") / n_eps,
     })
+    if any("sim_tokens" in t.info for t in turns):  # a simulated user answered (MINT-style envs)
+        out["simulator_tokens_per_episode"] = sum(t.info.get("sim_tokens", 0) for t in turns) / n_eps
+        out["simulator_latency_s_per_episode"] = sum(t.info.get("sim_latency_s", 0.0) for t in turns) / n_eps
+        out["simulator_errors"] = float(sum(1 for t in turns if t.info.get("sim_error")))
     return out
 
 

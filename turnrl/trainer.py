@@ -15,7 +15,7 @@ import torch
 from turnrl import checkpoint
 from turnrl.algos import ALGORITHMS, aggregate, episode_returns, group_filter, kl_k3
 from turnrl.algos.logprobs import group_logprobs
-from turnrl.build import build_engine, build_policy, env_factory
+from turnrl.build import build_engine, build_policy, env_factory, episode_turns
 from turnrl.config import RunConfig
 from turnrl.engine.base import SamplingParams
 from turnrl.evaluate import EngineRunner, evaluate
@@ -38,6 +38,7 @@ class Trainer:
         # Envs first: a bad data file is reported before minutes go into loading a model.
         self.make_env = env_factory(cfg, "train")
         env_factory(cfg, "eval")
+        self.max_turns = episode_turns(cfg)
         if model is None:
             model, tokenizer = build_policy(cfg)
         self.model, self.tok = model, tokenizer
@@ -224,7 +225,7 @@ class Trainer:
                 self.step += 1
                 dt = time.time() - t0
                 tokens = sum(len(e.token_ids) for e in eps)
-                row = {**episode_metrics([e for e in eps if e.group_id >= 0], cfg.env.max_turns), **stats,
+                row = {**episode_metrics([e for e in eps if e.group_id >= 0], self.max_turns), **stats,
                        "rollout_seconds": t_roll, "step_seconds": dt, "tokens_per_second": tokens / dt}
                 log.log("train", self.step, row)
                 progress.advance(row)

@@ -96,8 +96,13 @@ class RetryEnv(Env):
             reward += self.repetition_term()
         info = {"attempt": attempt, "answer": raw, "valid": raw is not None, "correct": correct,
                 "reason": reason, "reference": task.answer, "task_id": task.id}
-        messages = [] if (terminated or truncated) else [Message("user", self.feedback)]
+        messages = [] if (terminated or truncated) else self.feedback_messages(action, raw, info)
         return Step(messages, reward, terminated, truncated, info)
+
+    def feedback_messages(self, action: str, answer: str | None, info: dict) -> list[Message]:
+        """What the policy is told after a wrong attempt (UFO: the same content-free line;
+        ``FeedbackEnv`` asks a simulated user). May add accounting keys to ``info``."""
+        return [Message("user", self.feedback)]
 
     def repetition_term(self) -> float:
         """``-lambda * (1 - E/T)`` over the valid answers of the episode (0 if none)."""
