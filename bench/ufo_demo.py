@@ -1,5 +1,5 @@
-"""UFO demo benchmark: train the default model on the default task (configs/ufo_demo.toml)
-and write before/after held-out metrics to bench/results/ufo_demo.json.
+"""Train the default model with a config (default: the UFO demo, configs/ufo_demo.toml)
+and write before/after held-out metrics to bench/results/<config name>.json.
 
     python bench/ufo_demo.py [CONFIG] [--section.key value ...]
 """
@@ -14,7 +14,8 @@ from turnrl.config import load_config
 from turnrl.trainer import Trainer
 
 ROOT = Path(__file__).resolve().parent.parent
-KEYS = ["unique_answer_ratio", "multi_turn_gain", "retry_accuracy", "mean_attempts_to_solve", "invalid_format_rate"]
+KEYS = ["unique_answer_ratio", "multi_turn_gain", "retry_accuracy", "mean_attempts_to_solve", "invalid_format_rate",
+        "self_correction_rate", "repeated_answer_rate", "reward"]
 
 
 def pick(m: dict, k_max: int, pass_k: int) -> dict:
@@ -47,7 +48,7 @@ def main(argv: list[str]) -> int:
         "unique_answer_ratio_up": after["unique_answer_ratio"] > before["unique_answer_ratio"],
     }
     name = Path(config).stem
-    out = ROOT / "bench" / "results" / ("ufo_demo.json" if name == "ufo_demo" else f"ufo_demo_{name}.json")
+    out = ROOT / "bench" / "results" / f"{name}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))

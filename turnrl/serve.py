@@ -100,7 +100,6 @@ def _same(a: SamplingParams, b: SamplingParams) -> bool:
 
 def create_app(engine, chat, model_name: str, max_context: int, max_batch: int = 32):
     from fastapi import FastAPI, HTTPException
-
     from fastapi.exceptions import RequestValidationError
     from fastapi.responses import JSONResponse
     from starlette.exceptions import HTTPException as StarletteHTTPException
