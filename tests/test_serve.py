@@ -77,3 +77,13 @@ def test_chat_completions_api(server, chat):
         client.chat.completions.create(model="smol", messages=[{"role": "user", "content": "hi " * 600}])
     with pytest.raises(openai.BadRequestError, match="messages: List should have at least 1 item"):
         client.chat.completions.create(model="smol", messages=[])
+
+
+def test_a_model_backed_simulated_user_over_http(server):
+    from turnrl.envs import ArithmeticTasks, FeedbackEnv
+
+    e = FeedbackEnv(ArithmeticTasks("eval"), user=f"{server}#smol", persona="a terse tutor")
+    e.reset(0)
+    s = e.step("The answer is 90")
+    assert s.info["sim_error"] is None and s.info["sim_tokens"] > 0 and s.info["sim_latency_s"] > 0
+    assert s.messages[0].content and "103" not in s.messages[0].content

@@ -62,3 +62,22 @@ def test_code_of_many_episodes_runs_concurrently():
     steps = step_envs(envs, ["```python\nimport time\ntime.sleep(1)\nprint('done')\n```"] * 4)
     assert time.monotonic() - t0 < 2.5  # four one-second runs side by side, not 4 s in a row
     assert all(s.messages[0].content == "```output\ndone\n```" for s in steps)
+
+
+def test_tool_output_tokens_are_context_never_trained(tiny_model, tokenizer, chat):
+    from turnrl.engine import HFEngine, SamplingParams
+    from turnrl.rollout import RolloutConfig, collect
+
+    # the first reply (code) is replayed, so its tool output is certain; the model then samples
+    eps = collect([env()], [0], [0], HFEngine(tiny_model, chat.stop_ids, tokenizer.pad_token_id), chat,
+                  RolloutConfig(SamplingParams(temperature=1.0, max_new_tokens=4)),
+                  prefixes=[["```python\nprint(6 * 7)\n```"]])
+    ep = eps[0]
+    sampled = ep.turns[1]
+    out = tokenizer.encode("```output\n42\n```", add_special_tokens=False)
+    obs = sampled.obs_ids
+    at = next(i for i in range(len(obs)) if obs[i:i + len(out)] == out)  # the tool output, as tokens
+    start = len(ep.turns[0].obs_ids) + len(ep.turns[0].action_ids)
+    mask = ep.loss_mask
+    assert not any(mask[start + at:start + at + len(out)])
+    assert mask[start + len(obs):start + len(obs) + len(sampled.action_ids)] == [True] * len(sampled.action_ids)
