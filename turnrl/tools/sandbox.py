@@ -32,7 +32,6 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
-NOBODY = 65534
 # Run as root, each concurrent run gets a uid of its own from this range, so one run's
 # fork bomb exhausts only its own process limit (RLIMIT_NPROC counts per uid).
 UID_BASE, UID_SLOTS = 3_000_000, 256
@@ -84,6 +83,15 @@ class RunResult:
         return (out.rstrip() + ("\n" if out.strip() else "") + "\n".join(f"[{n}]" for n in notes)).strip() or "[no output]"
 
 
+def _set_limits(limits: dict) -> None:
+    """Fallback without prlimit: rlimits in the child before exec."""
+    names = {"cpu": resource.RLIMIT_CPU, "as": resource.RLIMIT_AS, "fsize": resource.RLIMIT_FSIZE,
+             "nofile": resource.RLIMIT_NOFILE, "nproc": resource.RLIMIT_NPROC, "core": resource.RLIMIT_CORE}
+    for k, v in limits.items():
+        soft, _, hard = str(v).partition(":")
+        resource.setrlimit(names[k], (int(soft), int(hard or soft)))
+
+
 def bwrap_path() -> str | None:
     return shutil.which("bwrap")
 
@@ -119,7 +127,7 @@ class Sandbox:
             warnings.warn("turnrl sandbox: bubblewrap (bwrap) not found; model-written code runs with rlimits only, "
                           "WITHOUT network or file-system isolation. Install bubblewrap.", RuntimeWarning, stacklevel=2)
         self.as_root = os.geteuid() == 0
-        # root cannot bind directories it will not be able to read as nobody (e.g. a python under /root)
+        # runs cannot read what their uid may not (e.g. a python under /root): default to the system's
         self.python = python or self._default_python()
 
     def _default_python(self) -> str:
@@ -171,23 +179,17 @@ class Sandbox:
                 cmd, cwd = argv, work
                 env["HOME"] = work
 
-            def preexec():
-                os.setsid()
-                if self.as_root:
-                    os.setgroups([])
-                    os.setgid(uid)
-                    os.setuid(uid)
-                for res, val in ((resource.RLIMIT_CPU, (lim.cpu_s, lim.cpu_s + 1)),
-                                 (resource.RLIMIT_AS, (lim.memory_mb << 20,) * 2),
-                                 (resource.RLIMIT_FSIZE, (lim.file_mb << 20,) * 2),
-                                 (resource.RLIMIT_NOFILE, (lim.open_files,) * 2),
-                                 (resource.RLIMIT_NPROC, (nproc,) * 2),
-                                 (resource.RLIMIT_CORE, (0, 0))):
-                    resource.setrlimit(res, val)
-
+            limits = {"cpu": f"{lim.cpu_s}:{lim.cpu_s + 1}", "as": lim.memory_mb << 20, "fsize": lim.file_mb << 20,
+                      "nofile": lim.open_files, "nproc": nproc, "core": 0}
+            prlimit = shutil.which("prlimit")
+            extra: dict = {"user": uid, "group": uid, "extra_groups": []} if self.as_root else {}
+            if prlimit:  # util-linux sets the limits and execs: no Python runs between fork and exec
+                cmd = [prlimit, *(f"--{k}={v}" for k, v in limits.items()), "--", *cmd]
+            else:
+                extra["preexec_fn"] = lambda: _set_limits(limits)
             t0 = time.monotonic()
             proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                    cwd=cwd, env=env, preexec_fn=preexec, close_fds=True)
+                                    cwd=cwd, env=env, start_new_session=True, close_fds=True, **extra)
             return self._collect(proc, stdin, t0)
 
     def _bwrap_argv(self, argv: list[str], work: str, files: list[str]) -> list[str]:
