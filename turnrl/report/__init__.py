@@ -39,29 +39,44 @@ def headline(r: EvalResult) -> dict[str, dict]:
     return out
 
 
-def _fmt(cell: dict | None) -> str:
-    if cell is None:
-        return "–"
-    v, ci = cell["value"], cell["ci"]
-    s = f"{v:.3f}" if abs(v) < 100 else f"{v:.0f}"
-    return f"{s} [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else s
-
-
-def markdown_table(results: list[tuple[str, EvalResult]]) -> str:
+def tables(results: list[tuple[str, EvalResult]]) -> list[tuple[list[str], list[list]]]:
+    """The headline table and the Succ@k table as (headers, rows), whatever renders them.
+    A cell is text, ``{"value", "ci"}``, or None (not measured)."""
     heads = [headline(r) for _, r in results]
     titles = list(dict.fromkeys(t for h in heads for t in h))
-    lines = ["| run | episodes | " + " | ".join(titles) + " |", "|---" * (len(titles) + 2) + "|"]
+    main = []
     for (label, r), h in zip(results, heads):
         n = int(r.metrics.get("episodes", len(r.episodes)))
         err = int(r.metrics.get("errored_episodes", 0))
-        lines.append(f"| {label} | {n}{f' ({err} errored)' if err else ''} | " + " | ".join(_fmt(h.get(t)) for t in titles) + " |")
+        main.append([label, f"{n}{f' ({err} errored)' if err else ''}", *(h.get(t) for t in titles)])
     max_k = max(r.meta["max_turns"] for _, r in results)
-    lines += ["", "| k | " + " | ".join(label for label, _ in results) + " |", "|---" * (len(results) + 1) + "|"]
-    for k in range(1, max_k + 1):
-        cells = [_fmt({"value": r.metrics[f"succ@{k}"], "ci": r.intervals.get(f"succ@{k}")}) if f"succ@{k}" in r.metrics else "–"
-                 for _, r in results]
-        lines.append(f"| Succ@{k} | " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n\nIntervals: 95% percentile bootstrap over episodes (Pass@k: over tasks).\n"
+    succ = [[f"Succ@{k}", *({"value": r.metrics[f"succ@{k}"], "ci": r.intervals.get(f"succ@{k}")}
+                            if f"succ@{k}" in r.metrics else None for _, r in results)] for k in range(1, max_k + 1)]
+    return [(["run", "episodes", *titles], main), (["k", *(label for label, _ in results)], succ)]
+
+
+def number(cell: dict) -> tuple[str, str | None]:
+    """A measured cell as (value, interval) text."""
+    v, ci = cell["value"], cell["ci"]
+    return (f"{v:.3f}" if abs(v) < 100 else f"{v:.0f}"), (f"[{ci[0]:.3f}, {ci[1]:.3f}]" if ci else None)
+
+
+def _fmt(cell) -> str:
+    if cell is None:
+        return "–"
+    if isinstance(cell, str):
+        return cell
+    v, ci = number(cell)
+    return f"{v} {ci}" if ci else v
+
+
+def markdown_table(results: list[tuple[str, EvalResult]]) -> str:
+    lines = []
+    for headers, rows in tables(results):
+        lines += ["| " + " | ".join(headers) + " |", "|---" * len(headers) + "|"]
+        lines += ["| " + " | ".join(_fmt(c) for c in row) + " |" for row in rows]
+        lines.append("")
+    return "\n".join(lines) + "\nIntervals: 95% percentile bootstrap over episodes (Pass@k: over tasks).\n"
 
 
 def read_metrics_log(path: Path) -> list[dict]:
