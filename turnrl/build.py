@@ -12,7 +12,7 @@ from turnrl.config import ModelConfig, RunConfig
 from turnrl.engine.hf import HFEngine
 from turnrl.envs import ArithmeticTasks, FileTasks
 from turnrl.envs.base import Env
-from turnrl.envs.registry import resolve
+from turnrl.envs.registry import resolve, uses_tasks
 from turnrl.envs.tasks import split_tasks
 
 EVAL_SEED_OFFSET = 10**9  # custom envs: eval seeds start here; train seeds start at 0
@@ -37,7 +37,7 @@ def _load_file(*args) -> FileTasks:
 def env_factory(cfg: RunConfig, split: str, max_turns: int | None = None) -> Callable[[], Env]:
     """A zero-argument constructor of fresh envs for ``split`` ('train' or 'eval')."""
     e = cfg.env
-    turns = max_turns or (e.max_turns if "max_turns" in e.model_fields_set or e.name == "retry" else None)
+    turns = max_turns or _configured_turns(cfg)
     if e.name == "retry":
         tasks = build_tasks(cfg, split)
         factory = resolve("retry")
@@ -47,7 +47,7 @@ def env_factory(cfg: RunConfig, split: str, max_turns: int | None = None) -> Cal
     cls = resolve(e.name)
     kwargs = dict(e.kwargs)
     params = inspect.signature(cls).parameters
-    if uses_tasks(cls):
+    if uses_tasks(e.name):
         kwargs["tasks"] = build_tasks(cfg, split)
     if "split" in params:
         kwargs["split"] = split
@@ -56,22 +56,21 @@ def env_factory(cfg: RunConfig, split: str, max_turns: int | None = None) -> Cal
     return partial(cls, **kwargs)
 
 
+def _configured_turns(cfg: RunConfig) -> int | None:
+    """``env.max_turns`` when the config sets it (always for the retry env), else None."""
+    return cfg.env.max_turns if "max_turns" in cfg.env.model_fields_set or cfg.env.name == "retry" else None
+
+
 def episode_turns(cfg: RunConfig) -> int:
-    """The turn cap episodes run under: ``env.max_turns`` when the config sets it (or for
-    the retry env), else the env's own default (Wordle 6, Maze 40, ...)."""
-    if "max_turns" in cfg.env.model_fields_set or cfg.env.name == "retry":
-        return cfg.env.max_turns
-    return env_factory(cfg, "eval")().max_turns
-
-
-def uses_tasks(cls) -> bool:
-    """Envs fed by a task source ([task] section): retry, tir, ... Their splits are
-    disjoint task sets, so eval seeds start at 0 like train seeds."""
-    return bool(getattr(cls, "uses_tasks", False))
+    """The turn cap episodes run under: the configured one, else the env's own default
+    (Wordle 6, Maze 40, ...)."""
+    return _configured_turns(cfg) or env_factory(cfg, "eval")().max_turns
 
 
 def seed_offset(cfg: RunConfig, split: str) -> int:
-    return EVAL_SEED_OFFSET if (split == "eval" and not uses_tasks(resolve(cfg.env.name))) else 0
+    """Envs fed by a task source have disjoint train / eval task sets, so their eval seeds
+    start at 0 like train seeds; other envs' eval seeds start at EVAL_SEED_OFFSET."""
+    return EVAL_SEED_OFFSET if (split == "eval" and not uses_tasks(cfg.env.name)) else 0
 
 
 def build_policy(cfg: RunConfig):

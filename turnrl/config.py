@@ -173,10 +173,10 @@ class RunConfig(Section):
 
 
 def _uses_tasks(env_name: str) -> bool:
-    from turnrl.envs.registry import resolve
+    from turnrl.envs.registry import uses_tasks
 
     try:
-        return bool(getattr(resolve(env_name), "uses_tasks", False))
+        return uses_tasks(env_name)
     except ValueError:
         return False  # an unknown env is reported where it is built
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from turnrl.engine.base import SamplingParams
 from turnrl.envs.base import Env
-from turnrl.rollout import RolloutConfig
+from turnrl.rollout import RolloutConfig, add_turn, turn_sampling
 from turnrl.types import Episode, Message, Turn
 
 
@@ -80,22 +80,18 @@ class ChatEndpoint:
         ep = Episode(turns=[], group_id=seed, seed=seed, messages=list(opening))
         turn = 0
         while True:
-            temp = cfg.retry_temperature if (turn > 0 and cfg.retry_temperature is not None) else cfg.sampling.temperature
-            sp = SamplingParams(temp, cfg.sampling.top_p, cfg.sampling.top_k, cfg.sampling.max_new_tokens,
-                                seed=cfg.sampling.seed * 1000 + turn)
+            sp = turn_sampling(cfg, turn)
+            temp = sp.temperature
             try:
                 c = self.complete(ep.messages, sp)
             except self._errors as e:
                 ep.info["error"] = f"{type(e).__name__}: {e}"
                 break
             step = env.step(c.text)  # model output never crashes a run: envs parse defensively
-            ep.turns.append(Turn([], [], [], text=c.text, reward=float(step.reward), void=not step.info.get("valid", True),
+            if add_turn(ep, Turn([], [], [], text=c.text, reward=float(step.reward), void=not step.info.get("valid", True),
                                  cut_by_length=not c.stopped, temperature=temp if temp > 0 else 1.0, info=step.info,
-                                 feedback=list(step.messages), latency_s=c.latency_s, completion_tokens=c.completion_tokens))
-            ep.messages += [Message("assistant", c.text), *step.messages]
-            if step.terminated or step.truncated:
-                ep.terminated, ep.truncated = step.terminated, step.truncated
-                ep.truncated_by = "max_turns" if step.truncated else ""
+                                 feedback=list(step.messages), latency_s=c.latency_s,
+                                 completion_tokens=c.completion_tokens), step):
                 break
             turn += 1
         ep.task_id = getattr(getattr(env, "task", None), "id", "")

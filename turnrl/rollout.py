@@ -19,6 +19,24 @@ class RolloutConfig:
     retry_temperature: float | None = None  # temperature for attempts >= 2 (None: same as the first)
 
 
+def turn_sampling(cfg: RolloutConfig, turn: int) -> SamplingParams:
+    """Sampling of turn ``turn`` (0-based): ``retry_temperature`` from the second attempt
+    on, and a seed per turn."""
+    temp = cfg.retry_temperature if (turn > 0 and cfg.retry_temperature is not None) else cfg.sampling.temperature
+    return replace(cfg.sampling, temperature=temp, seed=cfg.sampling.seed * 1000 + turn)
+
+
+def add_turn(ep: Episode, turn: Turn, step: Step) -> bool:
+    """Append the policy's turn and the env's reply; True when the episode ended."""
+    ep.turns.append(turn)
+    ep.messages += [Message("assistant", turn.text), *step.messages]
+    if step.terminated or step.truncated:
+        ep.terminated, ep.truncated = step.terminated, step.truncated
+        ep.truncated_by = "max_turns" if step.truncated else ""
+        return True
+    return False
+
+
 def step_envs(envs: list[Env], actions: list[str]) -> list[Step]:
     """``env.step`` for each pair; concurrently (threads) when the envs do slow outside
     work (``Env.parallel_steps``: code execution, servers), in order otherwise."""
@@ -63,12 +81,10 @@ def collect(
 
     turn = 0
     while live:
-        temp = cfg.sampling.temperature
-        if turn > 0 and cfg.retry_temperature is not None:
-            temp = cfg.retry_temperature
+        sp = turn_sampling(cfg, turn)
+        temp = sp.temperature
         room = min(cfg.max_context - len(contexts[i]) for i in live)
-        sp = replace(cfg.sampling, temperature=temp, seed=cfg.sampling.seed * 1000 + turn,
-                     max_new_tokens=max(1, min(cfg.sampling.max_new_tokens, room)))
+        sp = replace(sp, max_new_tokens=max(1, min(sp.max_new_tokens, room)))
         t0 = time.perf_counter()
         results = engine.generate([GenRequest(i, list(contexts[i])) for i in live], sp)  # a copy: contexts grow in place
         latency = time.perf_counter() - t0
@@ -77,17 +93,13 @@ def collect(
         steps = step_envs([envs[i] for i in live], texts)  # model output never crashes a run: envs parse defensively
         for i, res, text, step in zip(live, results, texts, steps):
             ep = episodes[i]
-            ep.turns.append(Turn(
+            contexts[i] += res.token_ids
+            if add_turn(ep, Turn(
                 obs_ids=pending[i], action_ids=res.token_ids, action_logprobs=res.logprobs, text=text,
                 reward=float(step.reward), void=not step.info.get("valid", True),
                 cut_by_length=not res.stopped, temperature=temp if temp > 0 else 1.0, info=step.info,
                 feedback=list(step.messages), latency_s=latency,
-            ))
-            ep.messages += [Message("assistant", text), *step.messages]
-            contexts[i] += res.token_ids
-            if step.terminated or step.truncated:
-                ep.terminated, ep.truncated = step.terminated, step.truncated
-                ep.truncated_by = "max_turns" if step.truncated else ""
+            ), step):
                 continue
             obs = chat.continuation_ids(step.messages, res.stopped, res.token_ids[-1] if res.token_ids else None)
             if len(contexts[i]) + len(obs) + 1 > cfg.max_context:

@@ -48,7 +48,6 @@ class Batcher:
     def __init__(self, engine, max_batch: int = 32, wait_s: float = 0.01):
         self.engine, self.max_batch, self.wait_s = engine, max_batch, wait_s
         self.q: queue.Queue = queue.Queue()
-        self._stop = False
         self.thread = threading.Thread(target=self._loop, name="turnrl-engine", daemon=True)
         self.thread.start()
 
@@ -57,16 +56,10 @@ class Batcher:
         self.q.put((ids, sp, fut))
         return fut
 
-    def close(self) -> None:
-        self._stop = True
-        self.q.put(None)
-
     def _loop(self) -> None:
         held: list = []
-        while not self._stop:
+        while True:  # a daemon thread: it ends with the server process
             first = held.pop(0) if held else self.q.get()
-            if first is None:
-                return
             batch, deadline = [first], time.monotonic() + self.wait_s
             rest = []
             for item in held:  # requests held back from an earlier batch go first
@@ -76,9 +69,6 @@ class Batcher:
                 try:
                     item = self.q.get(timeout=max(0.0, deadline - time.monotonic()))
                 except queue.Empty:
-                    break
-                if item is None:
-                    self._stop = True
                     break
                 (batch if _same(item[1], first[1]) else held).append(item)
             try:
@@ -119,7 +109,6 @@ def create_app(engine, chat, model_name: str, max_context: int, max_batch: int =
         msgs = [f"{'.'.join(str(p) for p in e['loc'] if p != 'body')}: {e['msg']}" for e in exc.errors()]
         return error(400, "; ".join(msgs))
     batcher = Batcher(engine, max_batch=max_batch)
-    app.state.batcher = batcher
     created = int(time.time())
 
     @app.get("/health")

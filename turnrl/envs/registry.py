@@ -32,6 +32,11 @@ def resolve(name: str) -> Callable[..., Env]:
     return _REGISTRY[name]
 
 
+def uses_tasks(name: str) -> bool:
+    """Whether env ``name`` is fed by a task source (the [task] section): retry, tir, ..."""
+    return bool(getattr(resolve(name), "uses_tasks", False))
+
+
 def make(name: str, **kwargs) -> Env:
     env = resolve(name)(**kwargs)
     if not isinstance(env, Env) and not (hasattr(env, "reset") and hasattr(env, "step")):

@@ -20,7 +20,6 @@ working directory, with a loud warning: no network or file-system isolation then
 from __future__ import annotations
 
 import os
-import pwd
 import resource
 import shutil
 import signal
@@ -280,9 +279,3 @@ class Sandbox:
         except (ProcessLookupError, PermissionError):
             pass
 
-
-def describe() -> str:
-    """One line on what isolation this machine gives."""
-    b = bwrap_path()
-    who = f"as uids {UID_BASE}+" if os.geteuid() == 0 else f"as {pwd.getpwuid(os.getuid()).pw_name}"
-    return f"bubblewrap at {b}, {who}" if b else f"rlimits only (no bubblewrap), {who}"
