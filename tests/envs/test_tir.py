@@ -81,3 +81,13 @@ def test_tool_output_tokens_are_context_never_trained(tiny_model, tokenizer, cha
     mask = ep.loss_mask
     assert not any(mask[start + at:start + at + len(out)])
     assert mask[start + len(obs):start + len(obs) + len(sampled.action_ids)] == [True] * len(sampled.action_ids)
+
+
+def test_void_turn_without_ending_gets_a_nudge():
+    e = env(end_on_void=False, max_turns=2)
+    e.reset(1)
+    s = e.step("no idea")
+    assert not (s.terminated or s.truncated) and s.info["valid"] is False
+    assert s.messages[0].content == "Write a ```python block to run code, or give your final answer as \\boxed{...}."
+    s = e.step("still no idea")
+    assert s.truncated and s.messages == []

@@ -57,8 +57,10 @@ class TIREnv(Env):
                                                           "kind": "answer"})
         call = self.tool.parse(action)
         if call is None:  # SimpleTIR's void turn: no code, no answer
-            end = self.end_on_void or self.turn >= self.max_turns
-            return Step([], 0.0, self.end_on_void, end and not self.end_on_void, {**info, "valid": False, "kind": "void"})
+            if self.end_on_void or self.turn >= self.max_turns:
+                return Step([], 0.0, self.end_on_void, not self.end_on_void, {**info, "valid": False, "kind": "void"})
+            nudge = Message(self.role, "Write a ```python block to run code, or give your final answer as \\boxed{...}.")
+            return Step([nudge], 0.0, False, False, {**info, "valid": False, "kind": "void"})
         result = self.tool.execute(call, self.state)
         out_of_turns = self.turn >= self.max_turns
         msgs = [] if out_of_turns else [Message(self.role, f"```output\n{result.observation}\n```")]
