@@ -1,7 +1,8 @@
 import pytest
 
+from turnrl.envs import ArithmeticTasks, RetryEnv, Task
 from turnrl.envs.answers import (extract_answer_tag, extract_auto, extract_boxed, extract_choice, extract_last_number,
-                                 normalize, verify_exact, verify_math, verify_numeric)
+                                 normalize, option_letters, verify_exact, verify_math, verify_numeric)
 
 
 def test_answer_tag_takes_the_last_nonempty_tag():
@@ -50,3 +51,40 @@ def test_math_verifier_accepts_equivalent_forms():
 def test_exact_is_case_and_space_insensitive():
     assert verify_exact(" Paris ", "paris")
     assert normalize("1 000") == "1000" and normalize("7.0") == "7"
+
+
+def test_choice_reads_every_letter_of_an_eight_option_question():
+    assert extract_choice("The answer is (G).", letters="ABCDEFGH") == "G"
+    assert extract_choice("E) 103", letters="ABCDE") == "E"
+    assert extract_choice("E) 103", letters="ABCD") is None  # not an option of a 4-way question
+
+
+def test_option_letters_come_from_the_count_or_the_labels_in_the_question():
+    assert option_letters("q", 6) == "ABCDEF"
+    assert option_letters("Pick one.\nA) 1\nB) 2\n(C) 3\nD. 4\nE: 5\nAnswer with the letter.") == "ABCDE"
+    assert option_letters("What is the capital of France?") == "ABCDEFGH"  # no labels: any of A-H
+
+
+@pytest.mark.parametrize("num_choices", [5, 6, 8])
+def test_every_option_of_a_five_to_eight_way_question_can_be_answered(num_choices):
+    tasks = ArithmeticTasks("eval", multiple_choice=True, num_choices=num_choices)
+    letters = "ABCDEFGH"[:num_choices]
+    seen = set()
+    for i in range(60):
+        task = tasks[i]
+        env = RetryEnv([task])
+        env.reset(0)
+        s = env.step(f"The answer is {task.answer}.")
+        assert s.info["valid"] and s.info["correct"], (task.question, task.answer)
+        seen.add(task.answer)
+    assert seen & set(letters[4:])  # options E.. were the right answer at least once
+
+
+def test_file_choice_task_reads_the_options_labelled_in_its_question():
+    q = "Which is prime?\nA) 4\nB) 6\nC) 8\nD) 9\nE) 10\nF) 11\nAnswer with the letter."
+    env = RetryEnv([Task("f", q, "F", "choice", "choice")])
+    env.reset(0)
+    assert env.step("F").info["correct"]
+    env = RetryEnv([Task("f", "Which is prime?\nA) 4\nB) 5\nC) 8\nD) 9", "B", "choice", "choice")])
+    env.reset(0)
+    assert not env.step("G").info["valid"]  # G is no option of this question

@@ -36,9 +36,27 @@ def extract_last_number(text: str) -> str | None:
     return found[-1].replace(",", "") if found else None
 
 
-def extract_choice(text: str, letters: str = "ABCD") -> str | None:
-    """The single choice letter named in the reply (``B``, ``(B)``, ``B)``, ``answer: B``).
-    A reply naming several different letters is ambiguous: None."""
+LETTERS = "ABCDEFGH"  # option letters of multiple-choice tasks (up to 8 options)
+_OPTION_LABEL = re.compile(r"^\s*\(?([A-H])[).:]\s", re.M)
+
+
+def option_letters(question: str, num_choices: int | None = None) -> str:
+    """The option letters of a multiple-choice question: the first ``num_choices`` of A-H
+    when the task knows its options, else the run of labels ``A)``, ``(B)``, ``C.``, ``D:``
+    that start lines of the question (from A on), else all of A-H."""
+    if num_choices:
+        return LETTERS[:num_choices]
+    labelled = set(_OPTION_LABEL.findall(question))
+    n = 0
+    while n < len(LETTERS) and LETTERS[n] in labelled:
+        n += 1
+    return LETTERS[:n] if n >= 2 else LETTERS
+
+
+def extract_choice(text: str, letters: str = LETTERS) -> str | None:
+    """The single choice letter named in the reply (``B``, ``(B)``, ``B)``, ``answer: B``),
+    among ``letters`` (the task's options: :func:`option_letters`). A reply naming several
+    different letters is ambiguous: None."""
     inner = extract_answer_tag(text) or text
     found = set(re.findall(rf"(?<![A-Za-z])([{letters}])(?![A-Za-z])", inner))
     return found.pop() if len(found) == 1 else None

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import re
 
-from turnrl.envs.answers import EXTRACTORS, VERIFIERS, normalize
+from turnrl.envs.answers import EXTRACTORS, VERIFIERS, extract_choice, normalize, option_letters
 from turnrl.envs.base import Env
 from turnrl.envs.tasks import Task, TaskSource
 from turnrl.types import Message, Step
@@ -69,7 +69,11 @@ class RetryEnv(Env):
             for a, b in _EQUATION.findall(action):
                 if int(a) not in task.operands or int(b) not in task.operands:
                     return None, "rewrote_question"
-        raw = EXTRACTORS[self.extractor or task.extractor](action)
+        name = self.extractor or task.extractor
+        if name == "choice":  # only the task's own options count (5-8 options: up to H)
+            raw = extract_choice(action, option_letters(task.question, len(task.choices) or None))
+        else:
+            raw = EXTRACTORS[name](action)
         if raw is None and task.choices:  # an option named by its value instead of its letter
             named = {c for c in re.findall(r"-?\d+", action) if c in task.choices}
             if len(named) == 1:
