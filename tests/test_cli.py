@@ -1,3 +1,8 @@
+import argparse
+import inspect
+
+import pytest
+
 from turnrl.cli import main
 
 
@@ -96,3 +101,49 @@ def test_compare_of_stored_results_prints_one_table(tmp_path, capsys):
 def test_endpoint_and_model_together_is_a_config_error(capsys):
     assert main(["eval", "--endpoint", "http://127.0.0.1:9/v1", "--model", "smollm2-135m"]) == 2
     assert "--endpoint names the model to evaluate" in capsys.readouterr().err
+
+
+def test_no_arguments_prints_the_commands(capsys):
+    assert main([]) == 0
+    out = capsys.readouterr().out
+    for cmd in ("train", "eval", "rollout", "serve", "report", "envs", "check-env"):
+        assert f"\n    {cmd}" in out
+
+
+def test_version_prints_the_installed_version(capsys):
+    from importlib.metadata import version
+
+    with pytest.raises(SystemExit) as e:
+        main(["--version"])
+    assert e.value.code == 0 and capsys.readouterr().out == f"turnrl {version('turnrl')}\n"
+
+
+@pytest.mark.parametrize("cmd, says", [("serve", "/v1"), ("report", "report.html"), ("envs", "--env.name"),
+                                        ("check-env", "PYTHONPATH")])
+def test_help_of_each_command_describes_it(cmd, says, capsys):
+    with pytest.raises(SystemExit) as e:
+        main([cmd, "--help"])
+    out = capsys.readouterr().out
+    assert e.value.code == 0 and says in " ".join(out.split())
+
+
+def test_every_command_line_option_has_a_help_text():
+    from turnrl.cli import _parser
+
+    sub = next(a for a in _parser()._actions if isinstance(a, argparse._SubParsersAction))
+    missing = [f"{name} {a.dest}" for name, p in sub.choices.items() for a in p._actions
+               if not isinstance(a, argparse._HelpAction) and not a.help]
+    assert missing == []
+
+
+def test_envs_prints_each_description_whole(capsys):
+    from turnrl.envs import registered
+
+    assert main(["envs"]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    # guess_number's first paragraph spans two docstring lines; the second used to be cut off
+    assert "binary search always wins (2**7 > 100)." in out
+    for name, factory in registered().items():
+        first = " ".join(inspect.cleandoc(factory.__doc__).split("\n\n")[0].split()).replace("``", "")
+        assert f"{name} {first}" in out
+    assert "retry UFO: up to max_turns attempts at a checkable task, content-free feedback between them. (tasks)" in out

@@ -19,3 +19,21 @@ def test_own_env_example_runs_and_passes_check_env():
     env = namespace["Guess"]()
     env.reset(3)
     assert env.step("3").terminated
+
+
+def test_config_reference_is_generated_from_the_config_models():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("config_reference", ROOT / "scripts" / "config_reference.py")
+    ref = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ref)
+    text = ref.render()
+    from turnrl.config import RunConfig
+
+    for section, info in RunConfig.model_fields.items():  # every field has its row
+        for name in info.annotation.model_fields:
+            assert f"| `{section}.{name}` |" in text
+    assert "| `train.lr` | float | `1e-05` | > 0 | AdamW learning rate |" in text
+    assert (ROOT / "docs" / "config.md").read_text() == text, (
+        "docs/config.md is out of date with turnrl/config.py; regenerate it with: "
+        ".venv/bin/python scripts/config_reference.py")

@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import os
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -12,8 +14,11 @@ from turnrl.config import ConfigError, load_config
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="turnrl", description="Multi-turn RL for language models.")
-    sub = p.add_subparsers(dest="cmd", required=True)
+    p = argparse.ArgumentParser(prog="turnrl", description="Multi-turn RL for language models: train with GRPO on "
+                                "multi-turn envs, evaluate turn by turn, serve, report.",
+                                epilog="'turnrl COMMAND --help' describes a command. Every config field: docs/config.md.")
+    p.add_argument("--version", action="version", version=f"turnrl {_version()}")
+    sub = p.add_subparsers(dest="cmd", metavar="COMMAND", title="commands")
     for name, help_ in (("train", "train a policy (GRPO family) on an env"),
                         ("eval", "evaluate a model on the held-out split"),
                         ("rollout", "print a few episodes: turns, rewards, trained tokens")):
@@ -38,22 +43,43 @@ def _parser() -> argparse.ArgumentParser:
                                 "run directory (reused as stored), an http(s):// endpoint (URL#model to name the model), "
                                 "or a model name / directory")
             s.add_argument("--no-report", action="store_true", help="skip the Markdown / PNG / HTML report")
-    v = sub.add_parser("serve", help="serve a model over an OpenAI-compatible chat-completions API")
+    v = sub.add_parser("serve", help="serve a model over an OpenAI-compatible chat-completions API",
+                       description="Serve a model at http://HOST:PORT/v1 (/chat/completions, /models; no streaming) "
+                       "with the built-in engine. Concurrent requests with the same sampling settings are generated "
+                       "as one batch; greedy replies equal the in-process engine's. Stop it with Ctrl-C.")
     v.add_argument("model", help="'smollm2-135m', a local HF dir, a run dir (its final/ model), a checkpoint dir, or a hub id")
-    v.add_argument("--host", default="127.0.0.1")
-    v.add_argument("--port", type=int, default=8000)
+    v.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s, this machine only)")
+    v.add_argument("--port", type=int, default=8000, help="port to listen on (default: %(default)s)")
     v.add_argument("--name", help="model name clients ask for (default: MODEL as given)")
     v.add_argument("--max-context", type=int, default=2048, help="prompt + reply token limit")
     v.add_argument("--max-batch", type=int, default=32, help="requests generated together at most")
     v.add_argument("--threads", type=int, default=0, help="torch CPU threads; 0 = torch's default")
-    r = sub.add_parser("report", help="build the JSON / Markdown / PNG / HTML report of a run or eval directory")
+    r = sub.add_parser("report", help="build the JSON / Markdown / PNG / HTML report of a run or eval directory",
+                       description="Build report.json, report.md, succ_at_k.png, training.png (runs only) and a "
+                       "self-contained report.html with every episode, from a run directory (its evals/step_*/ and "
+                       "metrics.jsonl) or an eval results directory (eval.json + episodes.jsonl).")
     r.add_argument("run_dir", help="a training run directory or an eval results directory")
     r.add_argument("--out", help="where to write it (default: RUN_DIR/report)")
-    sub.add_parser("envs", help="list registered envs")
-    c = sub.add_parser("check-env", help="validate an env (registered name or module.path:Class)")
+    sub.add_parser("envs", help="list registered envs",
+                   description="List the registered envs with their descriptions; '(tasks)' marks envs that take "
+                   "the [task] section. Use one with --env.name NAME.")
+    c = sub.add_parser("check-env", help="validate an env (registered name or module.path:Class)",
+                       description="Run check_env on an env: types, finite rewards, episode ends, garbage actions "
+                       "and determinism per seed. Prints 'NAME: ok' (exit 0) or 'NAME: FAILED: why' (exit 1). "
+                       "A module.path:Class env must be importable: put its directory on PYTHONPATH (the turnrl "
+                       "command does not look in the current directory).")
     c.add_argument("env", help="env name or module.path:Class")
     c.add_argument("config", nargs="?", help="TOML config whose [task]/[env] sections configure it")
     return p
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("turnrl")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown (not installed)"
 
 
 def split_overrides(argv: list[str]) -> tuple[list[str], list[str]]:
@@ -75,7 +101,13 @@ def split_overrides(argv: list[str]) -> tuple[list[str], list[str]]:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     plain, overrides = split_overrides(argv)
-    args, unknown = _parser().parse_known_args(plain)
+    parser = _parser()
+    if not argv:
+        parser.print_help()
+        return 0
+    args, unknown = parser.parse_known_args(plain)
+    if args.cmd is None:  # options only, e.g. a lone override
+        parser.error("a command is required")
     rest = unknown + overrides
     try:
         return _dispatch(args, rest)
@@ -92,8 +124,7 @@ def _dispatch(args, rest: list[str]) -> int:
         from turnrl.envs import registered
 
         for name, factory in sorted(registered().items()):
-            doc = (factory.__doc__ or "").strip().splitlines()
-            print(f"{name:17s} {doc[0] if doc else factory.__qualname__}")
+            print(describe_env(name, factory))
         return 0
     if args.cmd == "check-env":
         from turnrl.build import env_factory
@@ -207,6 +238,18 @@ def _eval(args, cfg) -> int:
             print(f"report: {build_report(out)}", file=sys.stderr)
     print(f"results: {out}", file=sys.stderr)
     return 1 if any(r.metrics.get("errored_episodes") for _, r in results) else 0
+
+
+def describe_env(name: str, factory) -> str:
+    """``name  first paragraph of the docstring``, whole, wrapped under a hanging indent."""
+    import textwrap
+
+    doc = inspect.cleandoc(factory.__doc__ or "") or factory.__qualname__
+    text = " ".join(doc.split("\n\n")[0].split()).replace("``", "")
+    if getattr(factory, "uses_tasks", False):
+        text += " (tasks)"
+    width = max(60, shutil.get_terminal_size((100, 24)).columns)
+    return textwrap.fill(text, width, initial_indent=f"{name:18s}", subsequent_indent=" " * 18)
 
 
 def format_episode(ep, tok) -> str:
