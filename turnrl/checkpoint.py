@@ -22,25 +22,80 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+class CheckpointError(RuntimeError):
+    """A checkpoint could not be written (full disk, read-only directory, ...); the
+    previous checkpoint is left as it was."""
+
+
+def _why(e: BaseException) -> str:
+    if isinstance(e, OSError) and e.strerror:
+        return e.strerror
+    return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+
+
+class _Writer:
+    """The file as torch.save sees it, keeping the OSError that torch would hide."""
+
+    def __init__(self, f):
+        self.f, self.error = f, None
+
+    def write(self, data) -> int:
+        try:
+            return self.f.write(data)
+        except OSError as e:
+            self.error = self.error or e
+            raise
+
+    def flush(self) -> None:
+        self.f.flush()
+
+
 def save(ckpt_dir: Path, step: int, state: dict, keep: int) -> Path:
-    ckpt_dir.mkdir(parents=True, exist_ok=True)
     final = ckpt_dir / f"step_{step:06d}"
     tmp = ckpt_dir / f".tmp_step_{step:06d}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir()
+    previous = latest(ckpt_dir)
     state = {**state, "step": step, "rng": {"torch": torch.get_rng_state(), "python": random.getstate()}}
-    with open(tmp / "state.pt", "wb") as f:
-        torch.save(state, f)
-        f.flush()
-        os.fsync(f.fileno())
-    if final.exists():
-        shutil.rmtree(final)
-    os.rename(tmp, final)
-    _fsync_dir(ckpt_dir)
-    for old in sorted(complete(ckpt_dir))[:-keep]:
-        shutil.rmtree(old)
+    try:
+        ckpt_dir.mkdir(parents=True, exist_ok=True)
+        if tmp.exists():
+            shutil.rmtree(tmp)  # left by a run killed mid-write
+        tmp.mkdir()
+        with open(tmp / "state.pt", "wb") as f:
+            writer = _Writer(f)
+            try:
+                torch.save(state, writer)
+            except RuntimeError:  # torch reports ENOSPC as "unexpected pos ...": name the real cause
+                if writer.error is None:
+                    raise
+                raise writer.error from None
+            f.flush()
+            os.fsync(f.fileno())
+        _replace(tmp, final)
+        _fsync_dir(ckpt_dir)
+    except (OSError, RuntimeError) as e:  # torch reports some write failures as RuntimeError
+        shutil.rmtree(tmp, ignore_errors=True)  # a partial write must not hold the disk
+        kept = f"the previous checkpoint {previous} is kept" if previous else "there is no earlier checkpoint"
+        raise CheckpointError(f"checkpoint {final}: could not write it: {_why(e)}; {kept}") from None
+    for old in complete(ckpt_dir)[:-keep]:
+        try:
+            shutil.rmtree(old)
+        except OSError as e:
+            raise CheckpointError(f"checkpoint {final} written, but the old {old} could not be removed: {_why(e)}") from None
     return final
+
+
+def _replace(tmp: Path, final: Path) -> None:
+    """Rename ``tmp`` to ``final``. A checkpoint of the same step already there is moved
+    aside first and removed only once the new one is in place, never before."""
+    if not final.exists():
+        os.rename(tmp, final)
+        return
+    aside = final.with_name(f".old_{final.name}")
+    if aside.exists():
+        shutil.rmtree(aside)
+    os.rename(final, aside)
+    os.rename(tmp, final)
+    shutil.rmtree(aside, ignore_errors=True)
 
 
 def complete(ckpt_dir: Path) -> list[Path]:
