@@ -109,3 +109,20 @@ def test_unreachable_endpoint_is_a_clear_error():
         port = s.getsockname()[1]  # closed once the block ends: nothing listens there
     with pytest.raises(EndpointError, match=f"127.0.0.1:{port}/v1: cannot list models"):
         ChatEndpoint(f"http://127.0.0.1:{port}/v1", max_retries=0, timeout_s=2)
+
+
+def test_each_episode_gets_its_own_room_in_the_context(scripted):
+    from turnrl.engine.base import SamplingParams
+    from turnrl.envs import RetryEnv, Task
+    from turnrl.rollout import RolloutConfig
+
+    ep = ChatEndpoint(url(scripted), "scripted")
+    task = Task("t", "What is 2 + 3?", "5", "numeric", "last_number")
+    cfg = RolloutConfig(SamplingParams(0.0, max_new_tokens=32), max_context=20)
+    out = ep.episode(RetryEnv([task], max_turns=3), 0, cfg)
+    # first turn: at most the whole context (20); the server then counts 10 prompt + 5 completion
+    # tokens a turn, which leaves 20 - 15 = 5
+    assert [r["max_tokens"] for r in scripted.requests] == [20, 5, 5]
+    assert len(out.turns) == 3 and out.truncated_by == "max_turns"
+    out = ep.episode(RetryEnv([task], max_turns=3), 0, RolloutConfig(SamplingParams(0.0, max_new_tokens=32), max_context=15))
+    assert len(out.turns) == 1 and out.truncated and out.truncated_by == "context"

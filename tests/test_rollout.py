@@ -108,3 +108,16 @@ def test_replayed_prefix_is_context_not_trained(tiny_model, tokenizer, chat):
         n0 = len(ep.turns[0].obs_ids) + len(ep.turns[0].action_ids)
         assert not any(ep.loss_mask[:n0]) and any(ep.loss_mask[n0:])
         assert len(ep.live_turns) == 2
+
+
+def test_a_long_episode_does_not_shorten_the_other_episodes_turns(tiny_model, tokenizer, chat):
+    """Each episode's turn budget is its own room in the context: a long prompt next to a
+    short one leaves the short one its full max_new_tokens."""
+    long_task = Task("l", "Please read carefully. " * 20 + "What is 2 + 3?", "5", "numeric", "last_number")
+    long_len = len(chat.prompt_ids([Message("user", long_task.question)]))
+    eng = HFEngine(tiny_model, chat.stop_ids, tokenizer.pad_token_id)
+    envs = [RetryEnv([TASK], max_turns=1), RetryEnv([long_task], max_turns=1)]
+    cfg = RolloutConfig(SamplingParams(temperature=1.0, max_new_tokens=16, seed=5), max_context=long_len + 10)
+    short, long = collect(envs, [0, 0], [0, 1], eng, chat, cfg)
+    assert len(short.turns[0].action_ids) == 16  # before: 10, the long episode's room
+    assert len(long.turns[0].action_ids) == 10 and long.turns[0].cut_by_length

@@ -87,3 +87,23 @@ def test_a_model_backed_simulated_user_over_http(server):
     s = e.step("The answer is 90")
     assert s.info["sim_error"] is None and s.info["sim_tokens"] > 0 and s.info["sim_latency_s"] > 0
     assert s.messages[0].content and "103" not in s.messages[0].content
+
+
+def test_requests_with_different_token_limits_share_one_batch(tiny_model, tokenizer, chat):
+    from turnrl.engine import HFEngine, SamplingParams
+    from turnrl.serve import Batcher
+
+    class Counting(HFEngine):
+        calls = 0
+
+        def generate(self, requests, sampling):
+            type(self).calls += 1
+            return super().generate(requests, sampling)
+
+    eng = Counting(tiny_model, chat.stop_ids, tokenizer.pad_token_id)
+    batcher = Batcher(eng, wait_s=0.5)
+    ids = chat.prompt_ids([Message("user", "Hi")])
+    futures = [batcher.submit(ids, SamplingParams(temperature=0, max_new_tokens=n)) for n in (3, 7)]
+    a, b = (f.result(timeout=60) for f in futures)
+    assert Counting.calls == 1  # one generate call for both
+    assert len(a.token_ids) == 3 and len(b.token_ids) == 7 and a.token_ids == b.token_ids[:3]

@@ -12,10 +12,10 @@ from __future__ import annotations
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from turnrl.engine.base import SamplingParams
-from turnrl.envs.base import Env
+from turnrl.envs.base import Env, env_call
 from turnrl.rollout import RolloutConfig, add_turn, turn_sampling
 from turnrl.types import Episode, Message, Turn
 
@@ -26,6 +26,7 @@ class Completion:
     stopped: bool  # finish_reason == "stop"
     completion_tokens: int
     latency_s: float
+    prompt_tokens: int = 0  # as the server counted them (0: it did not say)
 
 
 class EndpointError(RuntimeError):
@@ -67,7 +68,8 @@ class ChatEndpoint:
         choice = r.choices[0]
         usage = getattr(r, "usage", None)
         return Completion(choice.message.content or "", choice.finish_reason == "stop",
-                          int(usage.completion_tokens) if usage else 0, time.perf_counter() - t0)
+                          int(usage.completion_tokens) if usage else 0, time.perf_counter() - t0,
+                          int(usage.prompt_tokens or 0) if usage else 0)
 
     # -- Runner ------------------------------------------------------------------------
     def run(self, make_env, seeds: list[int], cfg: RolloutConfig, batch_size: int) -> list[Episode]:
@@ -76,20 +78,26 @@ class ChatEndpoint:
             return list(pool.map(lambda s: self.episode(make_env(), s, cfg), seeds))
 
     def episode(self, env: Env, seed: int, cfg: RolloutConfig) -> Episode:
-        opening = env.reset(seed)
+        opening = env_call(env, seed, None)
         ep = Episode(turns=[], group_id=seed, seed=seed, messages=list(opening))
-        turn = 0
+        turn, used = 0, 0  # used: the conversation's tokens as the server counted them last turn
         while True:
             sp = turn_sampling(cfg, turn)
             temp = sp.temperature
+            room = cfg.max_context - used  # this episode's own budget (the feedback since is not counted yet)
+            if room < 1:
+                ep.truncated, ep.truncated_by = True, "context"
+                break
+            sp = replace(sp, max_new_tokens=min(sp.max_new_tokens, room))
             try:
                 c = self.complete(ep.messages, sp)
             except self._errors as e:
                 ep.info["error"] = f"{type(e).__name__}: {e}"
                 break
-            step = env.step(c.text)  # model output never crashes a run: envs parse defensively
-            if add_turn(ep, Turn([], [], [], text=c.text, reward=float(step.reward), void=not step.info.get("valid", True),
-                                 cut_by_length=not c.stopped, temperature=temp if temp > 0 else 1.0, info=step.info,
+            used = c.prompt_tokens + c.completion_tokens
+            step = env_call(env, seed, turn + 1, c.text)  # model output never crashes a run: envs parse defensively
+            if add_turn(ep, Turn([], [], [], text=c.text, reward=float(step.reward), void=not step.valid,
+                                 cut_by_length=not c.stopped, temperature=temp if temp > 0 else 1.0, info=step.record(),
                                  feedback=list(step.messages), latency_s=c.latency_s,
                                  completion_tokens=c.completion_tokens), step):
                 break

@@ -83,10 +83,11 @@ def collect(
     while live:
         sp = turn_sampling(cfg, turn)
         temp = sp.temperature
-        room = min(cfg.max_context - len(contexts[i]) for i in live)
-        sp = replace(sp, max_new_tokens=max(1, min(sp.max_new_tokens, room)))
         t0 = time.perf_counter()
-        results = engine.generate([GenRequest(i, list(contexts[i])) for i in live], sp)  # a copy: contexts grow in place
+        # each episode's own budget: the turn limit, or its room left in the context
+        requests = [GenRequest(i, list(contexts[i]), max(1, min(sp.max_new_tokens, cfg.max_context - len(contexts[i]))))
+                    for i in live]  # a copy of the ids: contexts grow in place
+        results = engine.generate(requests, sp)
         latency = time.perf_counter() - t0
         still = []
         texts = [chat.decode_action(res.token_ids) for res in results]

@@ -72,7 +72,8 @@ class Batcher:
                     break
                 (batch if _same(item[1], first[1]) else held).append(item)
             try:
-                results = self.engine.generate([GenRequest(i, ids) for i, (ids, _, _) in enumerate(batch)], first[1])
+                requests = [GenRequest(i, ids, sp.max_new_tokens) for i, (ids, sp, _) in enumerate(batch)]  # own limits
+                results = self.engine.generate(requests, first[1])
                 for (_, _, fut), res in zip(batch, results):
                     fut.set_result(res)
             except Exception as e:  # a failed batch fails its requests, never the server
@@ -83,9 +84,10 @@ class Batcher:
 
 
 def _same(a: SamplingParams, b: SamplingParams) -> bool:
-    """Requests batch together when only their seeds differ; the batch samples with the
-    first one's seed, so a seeded sampled reply depends on what it was batched with."""
-    return replace(a, seed=0) == replace(b, seed=0)
+    """Requests batch together when only their seeds and token limits differ (each row
+    stops at its own limit); the batch samples with the first one's seed, so a seeded
+    sampled reply depends on what it was batched with."""
+    return replace(a, seed=0, max_new_tokens=1) == replace(b, seed=0, max_new_tokens=1)
 
 
 def create_app(engine, chat, model_name: str, max_context: int, max_batch: int = 32):

@@ -70,3 +70,23 @@ def test_repeated_prompts_are_encoded_once_and_sampled_independently(tiny_model,
     eng.release()
     sampled = eng.generate(reqs, SamplingParams(temperature=1.0, max_new_tokens=8, seed=0))
     assert len({tuple(r.token_ids) for r in (sampled[0], sampled[2], sampled[3])}) > 1
+
+
+def test_each_request_stops_at_its_own_token_limit_and_the_cache_still_holds(tiny_model, tokenizer):
+    eng = HFEngine(tiny_model, [2], tokenizer.pad_token_id)
+    prompts = _prompts(tokenizer, ["What is 2 + 2?", "Hi", "Tell me a long story about the sea, please."])
+    limits = [3, 9, 1]
+    sp = SamplingParams(temperature=0, max_new_tokens=6)  # a request's own limit replaces this one
+    first = eng.generate([GenRequest(i, p, max_new_tokens=n) for i, (p, n) in enumerate(zip(prompts, limits))], sp)
+    for p, n, r in zip(prompts, limits, first):
+        assert r.token_ids == _reference_greedy(tiny_model, p, n) and len(r.token_ids) == n and not r.stopped
+    # the next turn extends each row's cache; rows without a limit of their own take the sampling's
+    second_ctx = [p + r.token_ids + [28, 29] for p, r in zip(prompts, first)]
+    widths = []
+    hook = tiny_model.register_forward_pre_hook(lambda m, a, kw: widths.append(kw["input_ids"].shape[1]), with_kwargs=True)
+    second = eng.generate([GenRequest(0, second_ctx[0], max_new_tokens=2), GenRequest(1, second_ctx[1]),
+                           GenRequest(2, second_ctx[2], max_new_tokens=4)], sp)
+    hook.remove()
+    for c, n, r in zip(second_ctx, [2, 6, 4], second):
+        assert r.token_ids == _reference_greedy(tiny_model, c, n)
+    assert widths[0] == 3  # only the new suffix was encoded: the last sampled id + 2 glue ids

@@ -21,6 +21,7 @@ class GenRequest:
 
     key: Hashable
     token_ids: list[int]
+    max_new_tokens: int | None = None  # this request's own token limit (None: the sampling's)
 
 
 @dataclass

@@ -122,22 +122,23 @@ class HFEngine:
             logits = self._forward([r.token_ids[len(c):] for r, c in zip(requests, self._cached)])
         gen = torch.Generator().manual_seed(sampling.seed)
         results = [GenResult([], [], False) for _ in requests]
+        limits = [r.max_new_tokens or sampling.max_new_tokens for r in requests]  # each row stops at its own
         live = list(range(len(requests)))  # request index of each cache row
 
-        def done(res: GenResult) -> bool:
-            return res.stopped or len(res.token_ids) >= sampling.max_new_tokens
+        def done(i: int) -> bool:
+            return results[i].stopped or len(results[i].token_ids) >= limits[i]
 
-        for _ in range(sampling.max_new_tokens):
+        for _ in range(max(limits)):
             ids, logps = self._sample(logits, sampling, gen)
             stop = torch.isin(ids, self.stop_ids)
             for b, req_i in enumerate(live):
                 res = results[req_i]
-                if done(res):
+                if done(req_i):
                     continue  # finished earlier, still in the batch until the next compaction
                 res.token_ids.append(int(ids[b]))
                 res.logprobs.append(float(logps[b]))
                 res.stopped = bool(stop[b])
-            running = [not done(results[i]) for i in live]
+            running = [not done(i) for i in live]
             if not any(running):
                 break
             finished = [b for b, r in enumerate(running) if not r]
