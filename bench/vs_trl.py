@@ -73,7 +73,7 @@ def turnrl_seconds_per_step(steps: int, out_dir: Path) -> list[float]:
         "--env.max_turns", "1", "--env.repetition_penalty", "0", "--env.format_penalty", "0", "--env.success_decay", "1",
         "--rollout.prompts_per_step", str(PROMPTS), "--rollout.group_size", str(GROUP),
         "--rollout.max_new_tokens", str(MAX_NEW), "--rollout.temperature", str(TEMP),
-        "--algo.filter", "none", "--algo.clip_high", "0.2",
+        "--algo.masks", "[]", "--algo.clip_high", "0.2",
         "--train.lr", str(LR), "--train.steps", str(steps), "--train.out_dir", str(out_dir),
         "--train.checkpoint_every", "0", "--eval.before", "false", "--eval.num_tasks", "1", "--eval.pass_k", "0",
         "--log.progress", "false"])

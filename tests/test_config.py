@@ -29,7 +29,9 @@ def test_wrong_type_names_the_field(tmp_path):
 @pytest.mark.parametrize("text,field", [
     ("[model]\nlora_rank = 8\n", "lora_rank"),
     ("[algo]\nname = 'dr_grpo'\nscale_by_std = false\n", "scale_by_std"),
-    ("[algo]\ntop_std_fraction = 0.5\n", "top_std_fraction"),
+    ("[algo]\ntop_variance_fraction = 0.5\n", "top_variance_fraction"),
+    ("[algo]\nname = 'grpo'\ngigpo_gamma = 0.9\n", "gigpo_gamma"),
+    ("[algo]\nname = 'rloo'\nscale_by_std = false\n", "scale_by_std"),
     ("[task]\npath = 'x.jsonl'\n", "path"),
     ("[task]\nsource = 'file'\npath = 'x.jsonl'\ndigits = 3\n", "digits"),
     ("[env]\nname = 'my.mod:Env'\nfeedback = 'no'\n", "feedback"),
@@ -62,3 +64,18 @@ def test_shipped_configs_are_valid():
 
     for p in sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.toml")):
         load_config(p)
+
+
+def test_unknown_algorithm_names_the_registry(tmp_path):
+    with pytest.raises(ConfigError, match=r"algo: unknown algorithm 'ppo_magic'; known: .*grpo.*rloo"):
+        load_config(write(tmp_path, "[algo]\nname = 'ppo_magic'\n"))
+
+
+def test_an_option_the_algorithm_ignores_names_both(tmp_path):
+    with pytest.raises(ConfigError, match=r"algo: igpo_gamma would be ignored: algorithm 'gigpo' does not read it"):
+        load_config(write(tmp_path, "[algo]\nname = 'gigpo'\nigpo_gamma = 0.5\n"))
+
+
+def test_unknown_mask(tmp_path):
+    with pytest.raises(ConfigError, match=r"masks: unknown \['nope'\]"):
+        load_config(write(tmp_path, "[algo]\nmasks = ['void', 'nope']\n"))

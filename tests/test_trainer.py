@@ -4,7 +4,7 @@ import math
 import torch
 
 from tests.conftest import make_tiny_model
-from turnrl.algos import ALGORITHMS, Algorithm
+from turnrl.algos import get_algorithm
 from turnrl.config import load_config
 from turnrl.trainer import Trainer
 
@@ -45,7 +45,7 @@ def test_three_steps_change_the_weights_without_nan(tmp_path, tokenizer):
     from turnrl.results import load_eval
 
     final = load_eval(tmp_path / "run" / "evals" / "step_000003")
-    assert final.meta["step"] == 3 and final.meta["seeds"] == [10**9, 10**9 + 1] and len(final.episodes) == 2
+    assert final.meta["step"] == 3 and len(final.meta["seeds"]) == 2 and len(final.episodes) == 2
     assert [r for r in rows if r["split"] == "eval"][-1]["succ@1"] == final.metrics["succ@1"]
     assert summary["report"] == str(tmp_path / "run" / "report" / "report.html")
     assert (tmp_path / "run" / "report" / "training.png").is_file()
@@ -76,16 +76,18 @@ def test_checkpoints_are_complete_and_pruned(tmp_path, tokenizer):
 
 
 def test_nan_loss_skips_the_update_and_the_run_goes_on(tmp_path, tokenizer):
+    from dataclasses import replace
+
     model = make_tiny_model()
     before = weights(model)
     t = Trainer(cfg_for(tmp_path, "n", steps=2), model, tokenizer)
-    good = ALGORITHMS["grpo"]
+    good = get_algorithm("grpo")
 
-    def nan_loss(lp, old, adv, cfg):  # a fault we cannot otherwise cause on demand
-        loss, extra = good.token_loss(lp, old, adv, cfg)
+    def nan_loss(x, cfg):  # a fault we cannot otherwise cause on demand
+        loss, extra = good.loss(x, cfg)
         return loss * float("nan"), extra
 
-    t.algo = Algorithm("nan", good.advantages, nan_loss, good.loss_agg, good.norm)
+    t.algo = replace(good, loss=nan_loss)
     t.train()
     assert all(torch.equal(before[k], v) for k, v in weights(model).items())
     rows = [json.loads(l) for l in (tmp_path / "n" / "metrics.jsonl").read_text().splitlines() if '"train"' in l]

@@ -17,4 +17,33 @@ class LengthEnv(Env):
         self.t += 1
         done = self.t >= self.max_turns
         return Step([] if done else [Message("user", "More.")], len(action) / 100, False, done,
-                    {"valid": bool(action.strip()), "correct": len(action) > 40, "answer": action[:10]})
+                    valid=bool(action.strip()), correct=len(action) > 40, answer=action[:10])
+
+
+class FirstTurnDecides(Env):
+    """Two turns; the FIRST reply alone decides the outcome: it wins (reward 1, paid on that
+    turn) when it starts with "A". The second reply changes nothing (reward 0). A credit
+    assignment test env: the right credit goes to turn 0."""
+
+    max_turns = 2
+
+    def __init__(self, split: str = "train"):
+        self.split = split
+
+    def reset(self, seed: int):
+        self.t, self.win = 0, False
+        return [Message("user", "Pick A or B.")]
+
+    def state(self):
+        return ("turn", self.t)
+
+    def gold_answer(self):
+        return "A"
+
+    def step(self, action: str) -> Step:
+        self.t += 1
+        if self.t == 1:
+            self.win = action.strip().startswith("A")
+            return Step([Message("user", "Again.")], 1.0 if self.win else 0.0, False, False, valid=True,
+                        correct=False, answer=action[:1])
+        return Step([], 0.0, True, False, valid=True, correct=self.win, answer=action[:1])

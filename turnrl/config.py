@@ -58,17 +58,22 @@ class TaskConfig(Section):
     verifier: Literal["math", "numeric", "exact", "choice"] = Field("math", description="file: how answers are checked")
     extractor: Literal["auto", "answer_tag", "boxed", "last_number", "choice"] = Field("auto", description="file: how the answer is found in a reply")
     prompt_template: str = Field("{question}", description="file: prompt text; {question} is replaced")
-    eval_size: int = Field(200, ge=1, description="file: rows held out for evaluation (seeded split)")
+    eval_size: int = Field(200, ge=1, description="file: rows held out for evaluation (seeded split of task.path)")
+    eval_path: str | None = Field(None, description="file: evaluate on this file instead (e.g. a benchmark's test "
+                                                    "set); its questions that also occur in task.path are dropped")
     seed: int = Field(0, description="seed of the train/eval split")
 
     @model_validator(mode="after")
     def _check(self):
         arith = ["digits", "operators", "operands", "multiple_choice", "num_choices"]
-        files = ["path", "question_field", "answer_field", "answer_format", "verifier", "extractor", "prompt_template", "eval_size"]
+        files = ["path", "question_field", "answer_field", "answer_format", "verifier", "extractor", "prompt_template", "eval_size",
+                 "eval_path"]
         self._forbid_unless(self.source == "arithmetic", arith, "task.source is not 'arithmetic'")
         self._forbid_unless(self.source == "file", files, "task.source is not 'file'")
         if self.source == "file" and not self.path:
             raise ValueError("path is required when source = 'file'")
+        if self.eval_path:
+            self._forbid_unless(False, ["eval_size"], "task.eval_path is set, so the eval split is that file")
         self._forbid_unless(self.multiple_choice, ["num_choices"], "task.multiple_choice is false")
         return self
 
@@ -104,21 +109,52 @@ class RolloutSection(Section):
 
 
 class AlgoConfig(Section):
-    name: Literal["grpo", "dr_grpo"] = Field("grpo", description="grpo (arXiv 2402.03300) or dr_grpo (arXiv 2503.20783)")
+    name: str = Field("grpo", description="advantage estimator / algorithm: see `turnrl algos` (grpo, dr_grpo, rloo, "
+                                          "reinforce_pp, turn_returns, gigpo, igpo, gae, archer, seeupo, refuel)")
     scale_by_std: bool = Field(True, description="grpo: divide group-centred returns by the group std")
-    loss_agg: Literal["token_mean", "seq_mean"] = Field("token_mean", description="grpo: average over all tokens, or per sequence then over sequences")
-    max_tokens_norm: int = Field(512, ge=1, description="dr_grpo: constant the summed token loss is divided by")
+    loss_agg: Literal["token_mean", "seq_mean"] = Field("token_mean", description="average over all tokens, or per sequence then over sequences")
+    max_tokens_norm: int = Field(512, ge=1, description="dr_grpo: constant the summed token loss is divided by (x episodes sampled)")
     clip_low: float = Field(0.2, ge=0, lt=1, description="PPO ratio lower bound 1-clip_low")
     clip_high: float = Field(0.28, ge=0, description="PPO ratio upper bound 1+clip_high (DAPO clip-higher)")
     kl_coef: float = Field(0.0, ge=0, description="weight of the k3 KL to the frozen initial policy; 0 = no reference model")
-    filter: Literal["none", "zero_variance", "top_std"] = Field("zero_variance", description="group filter before the update")
-    top_std_fraction: float = Field(0.25, gt=0, le=1, description="filter=top_std: fraction of groups kept (StarPO-S)")
+    masks: list[str] = Field(default_factory=lambda: ["zero_variance"],
+                             description="masks and filters before the update: void, over_turn, overlong, repeat, "
+                                         "zero_variance, top_variance")
+    top_variance_fraction: float = Field(0.25, gt=0, le=1, description="top_variance: fraction of groups kept (StarPO-S / RAGEN-2)")
+    ppo_epochs: int = Field(1, ge=1, description="passes over each step's episodes")
+    minibatches: int = Field(1, ge=1, description="optimizer steps per pass (groups split evenly)")
+    turn_gamma: float = Field(1.0, ge=0, le=1, description="turn_returns: discount between turns")
+    gigpo_gamma: float = Field(0.95, ge=0, le=1, description="gigpo: discount of the step returns")
+    gigpo_step_weight: float = Field(1.0, ge=0, description="gigpo: weight w of the step advantage")
+    igpo_gamma: float = Field(1.0, ge=0, le=1, description="igpo: discount of the normalised turn rewards")
+    gae_gamma: float = Field(1.0, ge=0, le=1, description="gae: discount between turns (within a turn: 1)")
+    gae_lambda_turn: float = Field(0.95, ge=0, le=1, description="gae: lambda across turn boundaries")
+    gae_lambda_token: float = Field(1.0, ge=0, le=1, description="gae: lambda between tokens of a turn")
+    critic_lr: float = Field(1e-3, gt=0, description="gae / archer: learning rate of the critic")
+    critic_epochs: int = Field(4, ge=1, description="gae / archer: critic gradient steps per training step")
+    archer_gamma: float = Field(0.95, ge=0, le=1, description="archer: utterance-level discount")
+    archer_tau: float = Field(0.1, gt=0, le=1, description="archer: soft target-update rate")
+    replay_steps: int = Field(4, ge=1, description="archer: training steps of transitions kept for the critic")
+    seeupo_clip: float = Field(0.2, ge=0, lt=1, description="seeupo: clip of the later-turn importance ratios")
+    refuel_eta: float = Field(1000.0, gt=0, description="refuel: eta in ((D1 - D2) - eta (R1 - R2))^2")
 
     @model_validator(mode="after")
     def _check(self):
-        self._forbid_unless(self.name == "grpo", ["scale_by_std", "loss_agg"], "dr_grpo fixes them (no std, constant norm)")
-        self._forbid_unless(self.name == "dr_grpo", ["max_tokens_norm"], "only dr_grpo uses a constant normaliser")
-        self._forbid_unless(self.filter == "top_std", ["top_std_fraction"], "algo.filter is not 'top_std'")
+        from turnrl.algos.base import COMMON_FIELDS, get_algorithm
+        from turnrl.algos.masks import MASKS
+
+        try:
+            algo = get_algorithm(self.name)
+        except KeyError as e:
+            raise ValueError(e.args[0]) from None
+        unread = sorted(f for f in self.model_fields_set if f not in COMMON_FIELDS | algo.reads)
+        if unread:
+            raise ValueError(f"{', '.join(unread)} would be ignored: algorithm {self.name!r} does not read "
+                             f"{'it' if len(unread) == 1 else 'them'}")
+        unknown = [m for m in self.masks if m not in MASKS]
+        if unknown:
+            raise ValueError(f"masks: unknown {unknown}; known: {', '.join(MASKS)}")
+        self._forbid_unless("top_variance" in self.masks, ["top_variance_fraction"], "'top_variance' is not in algo.masks")
         return self
 
 
@@ -143,10 +179,25 @@ class EvalConfig(Section):
     num_tasks: int = Field(200, ge=1, description="held-out tasks (fixed seeds 0..n-1 of the eval split)")
     temperature: float = Field(0.0, ge=0, description="multi-turn eval sampling; 0 = greedy")
     pass_k: int = Field(5, ge=0, description="k of Pass@k (independent single-turn samples); 0 = skip")
+    pass_n: int | None = Field(None, ge=1, description="single-turn samples per task Pass@k is estimated from "
+                                                       "(unbiased estimator, needs n >= k); default 2 * pass_k")
     pass_temperature: float = Field(0.7, gt=0, description="temperature of the Pass@k samples")
     max_new_tokens: int | None = Field(None, ge=1, description="per-turn limit in eval (default: rollout's)")
     batch_size: int = Field(64, ge=1, description="episodes per generate batch")
     before: bool = Field(True, description="evaluate the initial model too")
+
+
+    @model_validator(mode="after")
+    def _check(self):
+        self._forbid_unless(self.pass_k > 0, ["pass_n"], "eval.pass_k is 0 (no Pass@k)")
+        if self.pass_n is not None and self.pass_n < self.pass_k:
+            raise ValueError(f"pass_n={self.pass_n} must be >= pass_k={self.pass_k}")
+        return self
+
+    @property
+    def pass_samples(self) -> int:
+        """n of the Pass@k estimator: ``pass_n``, else twice ``pass_k``."""
+        return self.pass_n if self.pass_n is not None else 2 * self.pass_k
 
 
 class LogConfig(Section):

@@ -41,6 +41,17 @@ class RunLogger:
             self.tb.close()
 
 
+def update_note(row: dict) -> str:
+    """``loss ...`` for a step that updated the policy; otherwise why no update was taken."""
+    if row.get("update_skipped"):
+        why = [f"{k.removeprefix('masked_')} {int(v)}" for k, v in row.items()
+               if k.startswith("masked_") and not k.startswith("masked_turns_") and v]
+        return "no update: every episode masked" + (f" ({', '.join(why)})" if why else "")
+    if row.get("nan_skipped"):
+        return "no update: non-finite loss or gradient"
+    return f"loss {row.get('loss', 0):+.3f}"
+
+
 class Progress:
     def __init__(self, total: int, start: int, enabled: bool):
         self.bar = None
@@ -54,7 +65,7 @@ class Progress:
 
     def advance(self, row: dict) -> None:
         if self.bar is not None:
-            info = f"reward {row.get('reward', 0):+.2f} succ@1 {row.get('succ@1', 0):.2f} loss {row.get('loss', 0):+.3f}"
+            info = f"reward {row.get('reward', 0):+.2f} succ@1 {row.get('succ@1', 0):.2f} " + update_note(row)
             self.bar.update(self.task, advance=1, info=info)
 
     def close(self) -> None:

@@ -8,7 +8,7 @@ from dataclasses import dataclass, replace
 
 from turnrl.chat import ChatFormat
 from turnrl.engine.base import Engine, GenRequest, SamplingParams
-from turnrl.envs.base import Env
+from turnrl.envs.base import Env, env_call
 from turnrl.types import Episode, Message, Step, Turn
 
 
@@ -37,13 +37,16 @@ def add_turn(ep: Episode, turn: Turn, step: Step) -> bool:
     return False
 
 
-def step_envs(envs: list[Env], actions: list[str]) -> list[Step]:
+def step_envs(envs: list[Env], actions: list[str], seeds: list[int] | None = None, turn: int = 0) -> list[Step]:
     """``env.step`` for each pair; concurrently (threads) when the envs do slow outside
-    work (``Env.parallel_steps``: code execution, servers), in order otherwise."""
+    work (``Env.parallel_steps``: code execution, servers), in order otherwise. An env
+    that raises stops the run with an error naming its class, seed and (1-based) turn."""
+    seeds = seeds if seeds is not None else [-1] * len(envs)
+    calls = [lambda e=e, a=a, s=s: env_call(e, s, turn + 1, a) for e, a, s in zip(envs, actions, seeds)]
     if len(envs) > 1 and any(e.parallel_steps for e in envs):
         with ThreadPoolExecutor(min(len(envs), 32)) as pool:
-            return list(pool.map(lambda pair: pair[0].step(pair[1]), zip(envs, actions)))
-    return [e.step(a) for e, a in zip(envs, actions)]
+            return list(pool.map(lambda call: call(), calls))
+    return [call() for call in calls]
 
 
 def collect(
@@ -59,14 +62,15 @@ def collect(
     into env ``i`` before sampling starts (kept as context, never trained)."""
     episodes, contexts, pending, live = [], [], [], []
     for i, (env, seed, gid) in enumerate(zip(envs, seeds, group_ids)):
-        opening = env.reset(seed)
-        ep = Episode(turns=[], group_id=gid, seed=seed, messages=list(opening))
+        opening = env_call(env, seed, None)
+        ep = Episode(turns=[], group_id=gid, seed=seed, messages=list(opening),
+                     gold_answer=getattr(env, "gold_answer", lambda: None)())
         obs = chat.prompt_ids(opening)
         ctx = list(obs)
         for text in (prefixes[i] if prefixes else []):
             action = chat.encode(text) + [chat.stop_ids[0]]
-            step = env.step(text)
-            ep.turns.append(Turn(obs, action, [0.0] * len(action), text, step.reward, frozen=True, info=step.info,
+            step = env_call(env, seed, len(ep.turns) + 1, text)
+            ep.turns.append(Turn(obs, action, [0.0] * len(action), text, step.reward, frozen=True, info=step.record(),
                                  feedback=list(step.messages)))
             ep.messages += [Message("assistant", text), *step.messages]
             ctx += action
@@ -84,6 +88,7 @@ def collect(
         sp = turn_sampling(cfg, turn)
         temp = sp.temperature
         t0 = time.perf_counter()
+        states = [getattr(envs[i], "state", lambda: None)() for i in live]  # before the action (GiGPO)
         # each episode's own budget: the turn limit, or its room left in the context
         requests = [GenRequest(i, list(contexts[i]), max(1, min(sp.max_new_tokens, cfg.max_context - len(contexts[i]))))
                     for i in live]  # a copy of the ids: contexts grow in place
@@ -91,15 +96,15 @@ def collect(
         latency = time.perf_counter() - t0
         still = []
         texts = [chat.decode_action(res.token_ids) for res in results]
-        steps = step_envs([envs[i] for i in live], texts)  # model output never crashes a run: envs parse defensively
-        for i, res, text, step in zip(live, results, texts, steps):
+        steps = step_envs([envs[i] for i in live], texts, [seeds[i] for i in live], turn)  # model output never crashes a run: envs parse defensively
+        for i, res, text, step, state in zip(live, results, texts, steps, states):
             ep = episodes[i]
             contexts[i] += res.token_ids
             if add_turn(ep, Turn(
                 obs_ids=pending[i], action_ids=res.token_ids, action_logprobs=res.logprobs, text=text,
-                reward=float(step.reward), void=not step.info.get("valid", True),
-                cut_by_length=not res.stopped, temperature=temp if temp > 0 else 1.0, info=step.info,
-                feedback=list(step.messages), latency_s=latency,
+                reward=float(step.reward), void=not step.valid,
+                cut_by_length=not res.stopped, temperature=temp if temp > 0 else 1.0, info=step.record(),
+                feedback=list(step.messages), latency_s=latency, state=state,
             ), step):
                 continue
             obs = chat.continuation_ids(step.messages, res.stopped, res.token_ids[-1] if res.token_ids else None)

@@ -13,8 +13,10 @@ from pathlib import Path
 import torch
 
 from turnrl import checkpoint
-from turnrl.algos import ALGORITHMS, aggregate, episode_returns, group_filter, kl_k3
-from turnrl.algos.logprobs import group_logprobs
+from turnrl.algos import Aux, LossInputs, get_algorithm
+from turnrl.algos.base import token_turn_ids
+from turnrl.algos.logprobs import gold_beliefs, group_logprobs
+from turnrl.algos.masks import apply_masks, token_keep
 from turnrl.build import build_engine, build_policy, env_factory, episode_turns
 from turnrl.config import RunConfig
 from turnrl.engine.base import SamplingParams
@@ -25,8 +27,12 @@ from turnrl.rollout import RolloutConfig, collect
 from turnrl.types import Episode
 
 
-def _pad(rows: list[torch.Tensor]) -> torch.Tensor:
-    return torch.nn.utils.rnn.pad_sequence(rows, batch_first=True)  # (B, T_max)
+def _pad(rows: list[torch.Tensor], value: float = 0.0) -> torch.Tensor:
+    return torch.nn.utils.rnn.pad_sequence(rows, batch_first=True, padding_value=value)  # (B, T_max)
+
+
+class RunDirError(RuntimeError):
+    """The run directory cannot be used as asked (one line for the console)."""
 
 
 class Trainer:
@@ -43,9 +49,12 @@ class Trainer:
             model, tokenizer = build_policy(cfg)
         self.model, self.tok = model, tokenizer
         self.engine, self.chat = build_engine(model, tokenizer)
-        self.algo = ALGORITHMS[cfg.algo.name]
+        self.algo = get_algorithm(cfg.algo.name)
+        self.critic = self.algo.make_critic(model, cfg.algo) if self.algo.make_critic else None
+        self.phases = self.algo.phases
+        self._audited = False
         self.ref = None
-        if cfg.algo.kl_coef > 0 and cfg.model.finetune == "full":
+        if self.algo.needs_ref(cfg.algo) and cfg.model.finetune == "full":
             self.ref = copy.deepcopy(model).eval().requires_grad_(False)
         params = [p for p in model.parameters() if p.requires_grad]
         self.opt = torch.optim.AdamW(params, lr=cfg.train.lr, betas=cfg.train.betas, weight_decay=cfg.train.weight_decay,
@@ -97,72 +106,145 @@ class Trainer:
 
     # -- update --------------------------------------------------------------------------
     def update(self, eps: list[Episode]) -> dict[str, float]:
-        acfg = self.cfg.algo
-        returns = episode_returns(eps)
-        adv = self.algo.advantages(eps, acfg)  # (N,)
-        keep = group_filter(returns, [e.group_id for e in eps], acfg)
-        kept = [(e, float(a)) for e, a, k in zip(eps, adv, keep) if k and e.num_action_tokens > 0]
-        stats = {"episodes_filtered": float(len(eps) - int(keep.sum())), "episodes_trained": float(len(kept))}
-        if not kept:
+        """Masks -> advantages -> ``ppo_epochs`` x ``minibatches`` optimizer steps (or one per
+        phase). Advantages use every episode (a masked trajectory's reward still counts in
+        its group); only kept turns are trained."""
+        acfg, algo = self.cfg.algo, self.algo
+        keep, stats = apply_masks(eps, acfg, acfg.masks)
+        stats = dict(stats)
+        train = [i for i, e in enumerate(eps) if e.num_action_tokens > 0 and any(keep[i])]
+        stats.update({"episodes_masked": float(len(eps) - len(train)), "episodes_trained": float(len(train))})
+        if not train:
             stats["update_skipped"] = 1.0
             return stats
-        mode, norm = self.algo.loss_agg(acfg), self.algo.norm([e for e, _ in kept], acfg)
-        groups = defaultdict(list)
-        for e, a in kept:
-            groups[e.group_id].append((e, a))
+        stats["update_skipped"] = 0.0
+        self._audited = False
+        aux = Aux(n_sampled=len(eps))
+        if "belief" in algo.needs:
+            aux.beliefs = gold_beliefs(self.model, eps, self.chat, self.cfg.train.logprob_chunk)
+        multi = acfg.ppo_epochs * acfg.minibatches > 1 or self.phases is not None
+        if multi or self.critic is not None:
+            # the behaviour policy: the learner before this update (ratio exactly 1 at the start)
+            aux.old_logprobs, feats = self._learner_pass(eps, train, want_hidden=self.critic is not None)
+            if self.critic is not None:
+                stats.update(self.critic.prepare(eps, train, feats, aux, acfg))
+        sums: dict[str, float] = defaultdict(float)
+        grad_norms, n_steps = [], 0
+        for phase in (self.phases(eps, acfg) if self.phases is not None else [None]):
+            aux.phase = phase
+            if phase is not None:
+                aux.logprobs, _ = self._learner_pass(eps, train, want_hidden=False)
+            adv = algo.advantages(eps, acfg, aux)
+            for _ in range(acfg.ppo_epochs):
+                for mb in self._minibatches(eps, train):
+                    gn, part = self._optimizer_step(eps, mb, adv, keep, aux)
+                    self._audited = True
+                    grad_norms.append(gn)
+                    n_steps += 1
+                    for k, v in part.items():
+                        sums[k] += v
+        if self.critic is not None:
+            stats.update(self.critic.update(acfg))
+        self.engine.load_weights(self.model)
+        n_tok = max(1.0, sums["tokens"])
+        stats.update({
+            "loss": sums["loss"] / max(1, n_steps), "grad_norm": max(grad_norms), "lr": self.sched.get_last_lr()[0],
+            "kl": sums["kl"] / n_tok, "entropy": sums["entropy"] / n_tok, "clip_frac": sums["clipped"] / n_tok,
+            "ratio_mean": sums["ratio"] / n_tok, "trained_tokens": sums["tokens"] / max(1, n_steps) * 1.0,
+            "optimizer_steps": float(n_steps), "nan_skipped": float(sums["nan_skipped"] > 0),
+        })
+        if sums["audit_tokens"]:  # sampler vs learner log-probs of the trained tokens, before any update
+            stats["sampler_drift_mean"] = sums["audit_sum"] / sums["audit_tokens"]
+            stats["sampler_drift_max"] = sums["audit_max"]
+        return stats
+
+    def _minibatches(self, eps: list[Episode], train: list[int]) -> list[list[int]]:
+        """Whole groups, split into ``minibatches`` contiguous chunks of near-equal size."""
+        groups: dict[int, list[int]] = {}
+        for i in train:
+            groups.setdefault(eps[i].group_id, []).append(i)
         glist = list(groups.values())
+        n = self._n_minibatches = min(self.cfg.algo.minibatches, len(glist))
+        bounds = [round(k * len(glist) / n) for k in range(n + 1)]
+        return [[i for g in glist[bounds[k]:bounds[k + 1]] for i in g] for k in range(n)]
+
+    def _optimizer_step(self, eps, idx: list[int], adv, keep, aux: Aux) -> tuple[float, dict[str, float]]:
+        acfg = self.cfg.algo
+        sub = [eps[i] for i in idx]
+        norm = self.algo.norm(sub, acfg, round(aux.n_sampled / self._n_minibatches))
+        agg = self.algo.agg(acfg)
         self.model.train()
         self.opt.zero_grad(set_to_none=True)
-        sums = defaultdict(float)
-        n_tok = 0
-        for g in range(0, len(glist), self.cfg.train.micro_groups):
-            micro = [x for grp in glist[g:g + self.cfg.train.micro_groups] for x in grp]
-            loss, part = self._micro_loss(micro, mode, norm)
+        sums: dict[str, float] = defaultdict(float)
+        by_group: dict[int, list[int]] = {}
+        for i in idx:
+            by_group.setdefault(eps[i].group_id, []).append(i)
+        glist = list(by_group.values())
+        mg = self.cfg.train.micro_groups
+        for g in range(0, len(glist), mg):
+            micro = [i for grp in glist[g:g + mg] for i in grp]
+            loss, part = self._micro_loss(eps, micro, adv, keep, aux, agg, norm)
             loss.backward()
             for k, v in part.items():
-                sums[k] += v
-            n_tok += int(part["tokens"])
+                sums[k] = max(sums[k], v) if k == "audit_max" else sums[k] + v
         params = [p for p in self.model.parameters() if p.requires_grad]
         grad_norm = float(torch.nn.utils.clip_grad_norm_(params, self.cfg.train.max_grad_norm))
         if not (math.isfinite(sums["loss"]) and math.isfinite(grad_norm)):
             self.opt.zero_grad(set_to_none=True)  # NaN/inf guard: skip the update, keep the run
-            stats["nan_skipped"] = 1.0
+            sums["nan_skipped"] += 1
         else:
             self.opt.step()
-            stats["nan_skipped"] = 0.0
         self.sched.step()
-        self.engine.load_weights(self.model)
-        stats.update({
-            "loss": sums["loss"], "grad_norm": grad_norm, "lr": self.sched.get_last_lr()[0],
-            "kl": sums["kl"] / max(1, n_tok), "entropy": sums["entropy"] / max(1, n_tok),
-            "clip_frac": sums["clipped"] / max(1, n_tok), "ratio_mean": sums["ratio"] / max(1, n_tok),
-            "trained_tokens": float(n_tok),
-        })
-        return stats
+        return grad_norm, sums
 
-    def _micro_loss(self, micro: list[tuple[Episode, float]], mode: str, norm: float):
-        eps = [e for e, _ in micro]
+    def _micro_loss(self, eps, micro: list[int], adv, keep, aux: Aux, agg: str, norm: float):
+        sub = [eps[i] for i in micro]
         chunk = self.cfg.train.logprob_chunk
         with torch.autocast("cpu", dtype=self.compute_dtype or torch.float32, enabled=self.compute_dtype is not None):
-            lps, ents = group_logprobs(self.model, eps, chunk, with_entropy=True)
-        old = [torch.tensor([x for t in e.live_turns for x in t.action_logprobs]) for e in eps]
-        logprobs, old_lp = _pad(lps), _pad(old)  # (B, T)
-        mask = _pad([torch.ones(len(x), dtype=torch.bool) for x in lps])  # (B, T)
-        advantages = torch.tensor([a for _, a in micro])[:, None].expand_as(logprobs)  # (B, T)
-        token_loss, extra = self.algo.token_loss(logprobs, old_lp, advantages, self.cfg.algo)
-        loss = aggregate(token_loss, mask, mode, norm)
-        kl = torch.zeros_like(logprobs)
-        if self.cfg.algo.kl_coef > 0:
-            ref = self._ref_logprobs(eps)
-            kl = kl_k3(logprobs, _pad(ref))
-            loss = loss + self.cfg.algo.kl_coef * aggregate(kl, mask, mode, norm)
+            lps, ents = group_logprobs(self.model, sub, chunk, with_entropy=True)
+        sampler = [torch.tensor([x for t in e.live_turns for x in t.action_logprobs]) for e in sub]
+        if aux.old_logprobs is not None:
+            old = [aux.old_logprobs[i] for i in micro]
+        else:  # one epoch, one minibatch: the behaviour policy is the learner itself (ratio 1)
+            old = [lp.detach() for lp in lps]
+        tmask = [token_keep(e, keep[i]) for e, i in zip(sub, micro)]
+        if aux.phase is not None:
+            tmask = [m & (token_turn_ids(e) == aux.phase) for m, e in zip(tmask, sub)]
+        mask = _pad(tmask)
+        x = LossInputs(
+            episodes=sub, logprobs=_pad(lps), old_logprobs=_pad(old), advantages=_pad([adv[i] for i in micro]),
+            mask=mask, turn_ids=_pad([token_turn_ids(e) for e in sub], -1), agg=agg, norm=norm,
+            ref_logprobs=_pad(self._ref_logprobs(sub)) if self.algo.needs_ref(self.cfg.algo) else None,
+        )
+        loss, extra = self.algo.loss(x, self.cfg.algo)
         with torch.no_grad():
-            part = {
-                "loss": float(loss), "tokens": float(mask.sum()), "kl": float((kl * mask).sum()),
-                "entropy": float(sum(e.sum() for e in ents)), "clipped": float((extra["clipped"] & mask).sum()),
-                "ratio": float((torch.exp(logprobs - old_lp) * mask).sum()),
-            }
+            part = {"loss": float(loss), "tokens": float(mask.sum()), "entropy": float(sum(
+                (e * m).sum() for e, m in zip(ents, tmask))), **extra}
+            if not self._audited:  # token audit: only the first pass sees the sampler's policy
+                diff = [(lp.detach() - s).abs() for lp, s in zip(lps, sampler) if len(s) == len(lp) and len(s)]
+                if diff:
+                    d = torch.cat(diff)
+                    part.update({"audit_sum": float(d.sum()), "audit_tokens": float(d.numel()), "audit_max": float(d.max())})
         return loss, part
+
+    @torch.no_grad()
+    def _learner_pass(self, eps, idx: list[int], want_hidden: bool):
+        """Learner log-probs (and hidden states) of the trained tokens of ``eps[idx]``, no grad;
+        a list over all episodes (None where not computed)."""
+        out: list = [None] * len(eps)
+        feats: list = [None] * len(eps)
+        self.model.eval()
+        by_group: dict[int, list[int]] = {}
+        for i in idx:
+            by_group.setdefault(eps[i].group_id, []).append(i)
+        for members in by_group.values():
+            res = group_logprobs(self.model, [eps[i] for i in members], self.cfg.train.logprob_chunk,
+                                 return_hidden=want_hidden)
+            for k, i in enumerate(members):
+                out[i] = res[0][k]
+                if want_hidden:
+                    feats[i] = res[2][k]
+        return out, feats
 
     @torch.no_grad()
     def _ref_logprobs(self, eps):
@@ -176,6 +258,8 @@ class Trainer:
         state = {"model": {k: v for k, v in self.model.state_dict().items()}, "optimizer": self.opt.state_dict(),
                  "scheduler": self.sched.state_dict(), "data_pos": self.data_pos,
                  "config": self.cfg.model_dump(mode="json")}
+        if self.critic is not None:
+            state["critic"] = self.critic.state_dict()
         return checkpoint.save(self.run_dir / "checkpoints", self.step, state, self.cfg.train.keep_checkpoints)
 
     def resume(self) -> bool:
@@ -187,6 +271,8 @@ class Trainer:
         self.opt.load_state_dict(state["optimizer"])
         self.sched.load_state_dict(state["scheduler"])
         self.step, self.data_pos = state["step"], state["data_pos"]
+        if self.critic is not None:
+            self.critic.load_state_dict(state["critic"])
         self.engine.load_weights(self.model)
         return True
 
@@ -208,13 +294,21 @@ class Trainer:
     # -- loop ----------------------------------------------------------------------------
     def train(self, resume: bool = False) -> dict:
         cfg = self.cfg
+        if not resume and ((self.run_dir / "metrics.jsonl").exists() or (self.run_dir / "checkpoints").exists()):
+            raise RunDirError(f"train.out_dir {self.run_dir} already holds a run: pass --resume to continue it, "
+                              "or choose another train.out_dir (or delete the directory)")
         self.run_dir.mkdir(parents=True, exist_ok=True)
         resumed = self.resume() if resume else False
+        if resume and not resumed:
+            print(f"turnrl: --resume: no checkpoint in {self.run_dir / 'checkpoints'}; starting at step 0",
+                  file=sys.stderr)
         log = RunLogger(self.run_dir, cfg, truncate_after=self.step if resumed else None)
         summary: dict = {}
         try:
             if cfg.eval.before and not resumed:
                 summary["eval_before"] = self.run_eval(log)
+            elif cfg.eval.before:
+                summary["eval_before"] = self._saved_eval(0)
             progress = log.progress(cfg.train.steps, self.step)
             while self.step < cfg.train.steps:
                 t0 = time.time()
@@ -255,6 +349,15 @@ class Trainer:
             return str(build_report(self.run_dir))
         except ResultsError as e:  # e.g. a run with no evaluation at all
             print(f"turnrl: no report for {self.run_dir}: {e}", file=sys.stderr)
+            return None
+
+    def _saved_eval(self, step: int) -> dict | None:
+        """Metrics of an evaluation an earlier (interrupted) process of this run saved."""
+        from turnrl.results import ResultsError, load_eval
+
+        try:
+            return load_eval(self.run_dir / "evals" / f"step_{step:06d}").metrics
+        except (ResultsError, OSError):
             return None
 
     def run_eval(self, log: RunLogger) -> dict:

@@ -22,15 +22,36 @@ class Message:
         return {"role": self.role, "content": self.content}
 
 
+#: the Step fields every turn record carries; an env may not set them through ``info``
+STEP_FIELDS = ("valid", "correct", "answer")
+
+
 @dataclass
 class Step:
-    """What ``Env.step`` returns (Gymnasium shape, over chat messages)."""
+    """What ``Env.step`` returns (Gymnasium shape, over chat messages).
+
+    ``valid``, ``correct`` and ``answer`` are what the turn-level metrics read (Succ@k,
+    repeated answers, invalid format); ``info`` is free-form extra detail for logs.
+    """
 
     messages: list[Message]  # new messages to append after the action (e.g. feedback)
     reward: float
     terminated: bool  # the task is over (solved, or the env says no more attempts)
     truncated: bool  # cut from outside the task: turn cap
     info: dict[str, Any] = field(default_factory=dict)
+    valid: bool = True  # the reply parsed as an answer / move; False counts as invalid format
+    correct: bool | None = None  # solved on this turn; None: the env has no notion of a right answer
+    answer: str | None = None  # the normalised answer given this turn (repeat metrics)
+
+    def __post_init__(self):
+        clash = [k for k in STEP_FIELDS if k in self.info]
+        if clash:  # the keys the metrics once read from info: a silent Succ@k = 0 if left there
+            raise ValueError(f"Step.info sets {clash}: pass them as Step fields instead, "
+                             f"e.g. Step(..., {clash[0]}=...)")
+
+    def record(self) -> dict[str, Any]:
+        """The turn's record: ``info`` plus the typed fields, under their own names."""
+        return {**self.info, "valid": self.valid, "correct": self.correct, "answer": self.answer}
 
 
 @dataclass
@@ -50,6 +71,7 @@ class Turn:
     feedback: list[Message] = field(default_factory=list)  # what the env said after this action
     latency_s: float = 0.0  # wall time of the generate call that produced the action (batched: the batch's)
     completion_tokens: int | None = None  # token count when ids are unknown (HTTP endpoints)
+    state: Any = None  # hashable Env.state() before this action (GiGPO's anchor state); None if the env has none
 
     @property
     def num_tokens(self) -> int:
@@ -67,6 +89,7 @@ class Episode:
     truncated_by: str = ""  # "max_turns" | "context" | ""
     info: dict[str, Any] = field(default_factory=dict)
     messages: list[Message] = field(default_factory=list)  # the conversation as text, for logs
+    gold_answer: str | None = None  # Env.gold_answer() of the instance (IGPO's teacher-forced target)
 
     @property
     def token_ids(self) -> list[int]:

@@ -1,63 +1,64 @@
-"""Algorithms: a small record of pure functions, registered by name.
+"""Algorithms: records of pure functions, registered by name (see :mod:`turnrl.algos.base`).
 
-Adding one is a new :class:`Algorithm` plus one line in ``ALGORITHMS``; the trainer
-never branches on the algorithm's name.
+Adding one is a pure advantage function, one ``register(...)`` line below and one
+hand-computed test; the trainer and the config never branch on an algorithm's name.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Callable
-
 import torch
 
-from turnrl.algos.core import (aggregate, episode_returns, group_advantages, kl_k3, ppo_clip_token_loss,
-                               top_std_keep, zero_variance_keep)
-from turnrl.config import AlgoConfig
-from turnrl.types import Episode
+from turnrl.algos import estimators as est
+from turnrl.algos.base import ALGORITHMS, Algorithm, Aux, LossInputs, get_algorithm, register
+from turnrl.algos.core import aggregate, episode_returns, group_advantages, kl_k3, ppo_clip_token_loss
 
 
-@dataclass(frozen=True)
-class Algorithm:
-    name: str
-    advantages: Callable[[list[Episode], AlgoConfig], torch.Tensor]  # episodes -> (N,)
-    token_loss: Callable[[torch.Tensor, torch.Tensor, torch.Tensor, AlgoConfig], tuple[torch.Tensor, dict]]
-    loss_agg: Callable[[AlgoConfig], str]
-    norm: Callable[[list[Episode], AlgoConfig], float]  # the step-wide normaliser of aggregate()
+def ppo_loss(x: LossInputs, cfg) -> tuple[torch.Tensor, dict[str, float]]:
+    """PPO-clip with separate bounds (DAPO clip-higher, arXiv 2503.14476) on the estimator's
+    advantages, plus ``kl_coef`` x k3 KL to the frozen reference when kl_coef > 0."""
+    token_loss, clipped = ppo_clip_token_loss(x.logprobs, x.old_logprobs, x.advantages, cfg.clip_low, cfg.clip_high)
+    loss = aggregate(token_loss, x.mask, x.agg, x.norm)
+    kl = torch.zeros_like(x.logprobs)
+    if x.ref_logprobs is not None:
+        kl = kl_k3(x.logprobs, x.ref_logprobs)
+        loss = loss + cfg.kl_coef * aggregate(kl, x.mask, x.agg, x.norm)
+    with torch.no_grad():
+        m = x.mask
+        stats = {"kl": float((kl * m).sum()), "clipped": float((clipped & m).sum()),
+                 "ratio": float((torch.exp(x.logprobs - x.old_logprobs) * m).sum())}
+    return loss, stats
 
 
-def _grpo_adv(eps: list[Episode], cfg: AlgoConfig) -> torch.Tensor:
-    return group_advantages(episode_returns(eps), [e.group_id for e in eps], scale_by_std=cfg.scale_by_std)
-
-
-def _dr_grpo_adv(eps: list[Episode], cfg: AlgoConfig) -> torch.Tensor:
-    # Dr. GRPO: no std division (arXiv 2503.20783)
-    return group_advantages(episode_returns(eps), [e.group_id for e in eps], scale_by_std=False)
-
-
-def _ppo_token_loss(logprobs, old_logprobs, advantages, cfg: AlgoConfig):
-    loss, clipped = ppo_clip_token_loss(logprobs, old_logprobs, advantages, cfg.clip_low, cfg.clip_high)
-    return loss, {"clipped": clipped}
-
-
-def _grpo_norm(eps: list[Episode], cfg: AlgoConfig) -> float:
+def token_norm(episodes, cfg, n_sampled: int) -> float:
+    """``token_mean``: trained tokens of the update; ``seq_mean``: its sequences."""
     if cfg.loss_agg == "seq_mean":
-        return float(len(eps))
-    return float(max(1, sum(e.num_action_tokens for e in eps)))
+        return float(max(1, len(episodes)))
+    return float(max(1, sum(e.num_action_tokens for e in episodes)))
 
 
-ALGORITHMS: dict[str, Algorithm] = {
-    "grpo": Algorithm("grpo", _grpo_adv, _ppo_token_loss, lambda c: c.loss_agg, _grpo_norm),
-    "dr_grpo": Algorithm("dr_grpo", _dr_grpo_adv, _ppo_token_loss, lambda c: "token_sum_norm",
-                         lambda eps, c: float(c.max_tokens_norm * max(1, len(eps)))),
-}
+def dr_grpo_norm(episodes, cfg, n_sampled: int) -> float:
+    """Dr. GRPO's constant: ``max_tokens_norm`` x the episodes *sampled* for the update, so it
+    does not change with how many groups a filter keeps."""
+    return float(cfg.max_tokens_norm * max(1, n_sampled))
 
 
-def group_filter(returns: torch.Tensor, group_ids: list[int], cfg: AlgoConfig) -> torch.Tensor:
-    if cfg.filter == "zero_variance":
-        return zero_variance_keep(returns, group_ids)
-    if cfg.filter == "top_std":
-        return top_std_keep(returns, group_ids, cfg.top_std_fraction)
-    return torch.ones_like(returns, dtype=torch.bool)
+def _grpo_like(name: str, paper: str, fn, reads=(), needs=(), summary: str = "") -> Algorithm:
+    return Algorithm(name, paper, fn, ppo_loss, token_norm, lambda c: c.loss_agg,
+                     reads=frozenset({"loss_agg", *reads}), needs=frozenset(needs), summary=summary)
 
 
-__all__ = ["ALGORITHMS", "Algorithm", "group_filter", "aggregate", "kl_k3", "episode_returns", "group_advantages"]
+register(_grpo_like("grpo", "2402.03300", est.grpo, reads=("scale_by_std",),
+                    summary="trajectory-level group-normalised return (default)"))
+register(Algorithm("dr_grpo", "2503.20783", est.dr_grpo, ppo_loss, dr_grpo_norm, lambda c: "token_sum_norm",
+                   reads=frozenset({"max_tokens_norm"}), summary="GRPO without std division, constant normaliser"))
+register(_grpo_like("rloo", "2402.14740", est.rloo, summary="leave-one-out group baseline"))
+register(_grpo_like("reinforce_pp", "2501.03262", est.reinforce_pp,
+                    summary="REINFORCE++ with group baseline, batch-whitened"))
+register(_grpo_like("turn_returns", "", est.turn_returns, reads=("turn_gamma",),
+                    summary="per-turn discounted returns, leave-one-out baseline per turn index"))
+register(_grpo_like("gigpo", "2505.10978", est.gigpo, reads=("gigpo_gamma", "gigpo_step_weight"), needs=("state",),
+                    summary="episode advantage + anchor-state step advantage"))
+register(_grpo_like("igpo", "2510.14967", est.igpo, reads=("igpo_gamma",), needs=("belief", "gold"),
+                    summary="information-gain turn rewards (teacher-forced belief in the gold answer)"))
+
+__all__ = ["ALGORITHMS", "Algorithm", "Aux", "LossInputs", "get_algorithm", "register", "ppo_loss", "token_norm",
+           "aggregate", "kl_k3", "episode_returns", "group_advantages"]

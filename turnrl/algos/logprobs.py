@@ -87,11 +87,14 @@ def common_prefix_len(seqs: list[list[int]]) -> int:
 
 
 def group_logprobs(
-    model, episodes: list[Episode], chunk: int = 1024, with_entropy: bool = False, share_prefix: bool = True
-) -> tuple[list[torch.Tensor], list[torch.Tensor] | None]:
+    model, episodes: list[Episode], chunk: int = 1024, with_entropy: bool = False, share_prefix: bool = True,
+    return_hidden: bool = False,
+):
     """Log-probs (and entropies) of every trained action token of ``episodes``, one
     tensor per episode, in token order. Episodes should share a prompt (one GRPO group)
-    for the prefix sharing to pay off; any list is correct."""
+    for the prefix sharing to pay off; any list is correct. With ``return_hidden``, a third
+    element: the detached hidden state that predicts each trained token, (n_tokens, C) per
+    episode (what critics read)."""
     seqs = [ep.token_ids for ep in episodes]
     masks = [ep.loss_mask for ep in episodes]
     temps_all = [ep.temperatures for ep in episodes]
@@ -129,4 +132,46 @@ def group_logprobs(
     h = hidden[torch.tensor(rows, dtype=torch.long), torch.tensor(cols, dtype=torch.long)]  # (N, C)
     lp, ent = _head_logprobs(head, h, torch.tensor(tgts), torch.tensor(taus), chunk, with_entropy)
     counts = [sum(1 for k in range(max(p, 1), len(s)) if m[k]) for s, m in zip(seqs, masks)]
-    return list(lp.split(counts)), (list(ent.split(counts)) if ent is not None else None)
+    out = list(lp.split(counts)), (list(ent.split(counts)) if ent is not None else None)
+    if return_hidden:
+        return (*out, list(h.detach().float().split(counts)))
+    return out
+
+
+@torch.no_grad()
+def gold_beliefs(model, episodes: list[Episode], chat, batch: int = 16) -> list[list[float]]:
+    """IGPO's belief (arXiv 2510.14967): for each live turn k of each episode, the geometric
+    mean probability of the gold answer's tokens, teacher-forced right after the context
+    turn k was sampled in: ``b_k = exp(mean_j log p(g_j | context_k, g_<j))``. One list per
+    episode, one value per live turn. Temperature 1 (the model's own distribution)."""
+    jobs: list[tuple[int, list[int], int]] = []  # (episode, ids, gold length)
+    for i, ep in enumerate(episodes):
+        if not ep.gold_answer:
+            raise ValueError(f"igpo: episode {i} (group {ep.group_id}) has no gold answer; the env must "
+                             "implement Env.gold_answer()")
+        gold = chat.encode(ep.gold_answer)
+        ctx: list[int] = []
+        for turn in ep.turns:
+            ctx = ctx + list(turn.obs_ids)
+            if not turn.frozen:
+                jobs.append((i, ctx + gold, len(gold)))
+            ctx = ctx + list(turn.action_ids)
+    was_training = model.training
+    model.eval()
+    beliefs: list[list[float]] = [[] for _ in episodes]
+    for s in range(0, len(jobs), batch):
+        part = jobs[s:s + batch]
+        width = max(len(ids) for _, ids, _ in part)
+        ids = torch.zeros((len(part), width), dtype=torch.long)
+        attn = torch.zeros((len(part), width), dtype=torch.long)
+        for b, (_, seq, _) in enumerate(part):
+            ids[b, :len(seq)] = torch.tensor(seq)
+            attn[b, :len(seq)] = 1
+        logits = model(input_ids=ids, attention_mask=attn).logits.float()  # (B, W, V)
+        logp = torch.log_softmax(logits, -1)
+        for b, (i, seq, g) in enumerate(part):
+            pos = torch.arange(len(seq) - g - 1, len(seq) - 1)  # positions predicting the gold tokens
+            lp = logp[b, pos, torch.tensor(seq[len(seq) - g:])]
+            beliefs[i].append(float(torch.exp(lp.mean())))
+    model.train(was_training)
+    return beliefs

@@ -1,0 +1,152 @@
+"""Each estimator and mask against values computed by hand, and the credit test on a toy env
+where only the first of two turns decides the outcome."""
+import pytest
+import torch
+
+from tests.toy_envs import FirstTurnDecides
+from turnrl.algos import Aux, get_algorithm
+from turnrl.algos.masks import apply_masks
+from turnrl.config import AlgoConfig
+from turnrl.types import Episode, Turn
+
+
+def ep(gid, rewards, lens, states=None, **flags):
+    turns = [Turn(obs_ids=[1], action_ids=[5] * n, action_logprobs=[0.0] * n, reward=r,
+                  state=(states[k] if states else None)) for k, (r, n) in enumerate(zip(rewards, lens))]
+    return Episode(turns=turns, group_id=gid, **flags)
+
+
+def group():
+    """Returns R = 1, 0.5, 0; live turns 2, 1, 2; tokens per turn (2, 1), (3,), (1, 1)."""
+    return [ep(0, [0.0, 1.0], [2, 1], ["s0", "s1"]), ep(0, [0.5], [3], ["s0"]), ep(0, [0.0, 0.0], [1, 1], ["s0", "s2"])]
+
+
+def adv(name, eps, aux=None, **cfg):
+    algo = get_algorithm(name)
+    return [a.tolist() for a in algo.advantages(eps, AlgoConfig(name=name, **cfg), aux or Aux())]
+
+
+def test_grpo_and_dr_grpo_by_hand():
+    # mean 0.5, population std sqrt(1/6) = 0.408248 -> +-1.224745
+    a = adv("grpo", group())
+    assert a[0] == pytest.approx([1.224742] * 3, abs=1e-5) and a[1] == [0.0] * 3
+    assert a[2] == pytest.approx([-1.224742] * 2, abs=1e-5)
+    assert adv("dr_grpo", group()) == [pytest.approx([0.5] * 3), [0.0] * 3, pytest.approx([-0.5] * 2)]
+
+
+def test_rloo_by_hand():
+    # 1 - (0.5 + 0)/2 = 0.75 ; 0.5 - (1 + 0)/2 = 0 ; 0 - (1 + 0.5)/2 = -0.75
+    assert adv("rloo", group()) == [pytest.approx([0.75] * 3), [0.0] * 3, pytest.approx([-0.75] * 2)]
+
+
+def test_reinforce_pp_by_hand():
+    # group-centred: 0.5 x3, 0 x3, -0.5 x2 tokens; token mean 0.0625, std 0.390312
+    a = adv("reinforce_pp", group())
+    assert a[0] == pytest.approx([1.120894] * 3, abs=1e-5)
+    assert a[1] == pytest.approx([-0.160128] * 3, abs=1e-5)
+    assert a[2] == pytest.approx([-1.441150] * 2, abs=1e-5)
+
+
+def test_turn_returns_by_hand():
+    # gamma 1: G = [1, 1], [0.5], [0, 0]; leave-one-out baselines per turn index:
+    # e0: t0 1 - (0.5 + 0)/2 = 0.75, t1 1 - 0 = 1 ; e1: 0.5 - (1 + 0)/2 = 0 ; e2: t0 0 - 0.75, t1 0 - 1
+    assert adv("turn_returns", group()) == [[0.75, 0.75, 1.0], [0.0] * 3, [-0.75, -1.0]]
+    # gamma 0.5: G = [0.5, 1], [0.5], [0, 0]; e0 t0 0.5 - 0.25 ; e1 0.5 - 0.25 ; e2 t0 0 - 0.5
+    assert adv("turn_returns", group(), turn_gamma=0.5) == [[0.25, 0.25, 1.0], [0.25] * 3, [-0.5, -1.0]]
+
+
+def test_turn_returns_baseline_ignores_the_episode_itself():
+    # one episode per group: nothing to compare with, baseline 0 -> the raw returns
+    assert adv("turn_returns", [ep(0, [1.0, 2.0], [1, 1])]) == [[3.0, 2.0]]
+
+
+def test_gigpo_by_hand():
+    # episode part: GRPO +-1.224742 ; step group s0 = {0.95, 0.5, 0} (G with gamma 0.95):
+    # mean 0.483333, std 0.388015 -> 1.202696, 0.042954, -1.245649 ; s1, s2 are singletons -> 0
+    a = adv("gigpo", group())
+    assert a[0] == pytest.approx([2.427442, 2.427442, 1.224742], abs=1e-5)
+    assert a[1] == pytest.approx([0.042954] * 3, abs=1e-5)
+    assert a[2] == pytest.approx([-2.470395, -1.224742], abs=1e-5)
+
+
+def test_gigpo_without_states_is_a_clear_error():
+    with pytest.raises(ValueError, match="Env.state"):
+        adv("gigpo", [ep(0, [1.0], [1]), ep(0, [0.0], [1])])
+
+
+def test_igpo_by_hand():
+    # beliefs: e0 0.1 -> 0.4 (gain 0.3), outcome 1 ; e1 outcome 0.5 ; e2 0.1 -> 0.05 (gain -0.05), outcome 0
+    # group rewards [0.3, 1, 0.5, -0.05, 0]: mean 0.35, std 0.382099 ; gamma 1 sums forward
+    a = adv("igpo", group(), Aux(beliefs=[[0.1, 0.4], [0.2], [0.1, 0.05]]))
+    assert a[0] == pytest.approx([1.570268, 1.570268, 1.701123], abs=1e-5)
+    assert a[1] == pytest.approx([0.392567] * 3, abs=1e-5)
+    assert a[2] == pytest.approx([-1.962835, -0.915989], abs=1e-5)
+
+
+def test_masks_by_hand():
+    eps = group()
+    eps[0].turns[1].void = True  # SimpleTIR: the whole trajectory goes
+    eps[1].turns[0].cut_by_length = True  # overlong: that turn goes
+    eps[2].truncated, eps[2].truncated_by = True, "max_turns"  # Mini-o3
+    cfg = AlgoConfig()
+    keep, counts = apply_masks(eps, cfg, ["void", "over_turn", "overlong"])
+    assert keep == [[False, False], [False], [False, False]]
+    assert counts == {"masked_void": 1, "masked_turns_void": 2, "masked_over_turn": 1, "masked_turns_over_turn": 2,
+                      "masked_overlong": 1, "masked_turns_overlong": 1}
+    keep, _ = apply_masks(eps, cfg, ["overlong"])
+    assert keep == [[True, True], [False], [True, True]]
+
+
+def test_variance_filters_by_hand():
+    eps = group() + [ep(1, [1.0], [1]), ep(1, [1.0], [1]), ep(2, [1.0], [1]), ep(2, [0.0], [1])]
+    keep, counts = apply_masks(eps, AlgoConfig(), ["zero_variance"])
+    assert [k[0] for k in keep] == [True, True, True, False, False, True, True] and counts["masked_zero_variance"] == 2
+    # variances: g0 1/6, g1 0, g2 1/4 -> the top third (1 group) is g2
+    keep, _ = apply_masks(eps, AlgoConfig(masks=["top_variance"], top_variance_fraction=0.34), ["top_variance"])
+    assert [k[0] for k in keep] == [False] * 5 + [True, True]
+
+
+def test_void_masked_rewards_still_count_in_the_group():
+    eps = group()
+    eps[0].turns[0].void = True
+    a = adv("dr_grpo", eps)  # advantages come from all three returns, whatever is masked later
+    assert a[2] == pytest.approx([-0.5, -0.5])
+
+
+def toy_episodes():
+    """FirstTurnDecides played with scripted replies: the first reply decides (reward on turn
+    0), the second is noise that here happens to copy the first (AA, AA, BB, BB)."""
+    out = []
+    for first, second in [("A", "A"), ("A", "A"), ("B", "B"), ("B", "B")]:
+        env = FirstTurnDecides()
+        env.reset(0)
+        turns = []
+        for text in (first, second):
+            state = env.state()
+            step = env.step(text)
+            turns.append(Turn([1], [5], [0.0], text=text, reward=step.reward, state=(state, turns[0].text if turns else "")))
+        out.append(Episode(turns, group_id=0, gold_answer=env.gold_answer()))
+    return out
+
+
+def credit(advs, eps, turn):
+    """Mean advantage of turn ``turn`` when its reply was A, minus when it was B."""
+    a = [float(x[turn]) for x, e in zip(advs, eps) if e.turns[turn].text == "A"]
+    b = [float(x[turn]) for x, e in zip(advs, eps) if e.turns[turn].text == "B"]
+    return sum(a) / len(a) - sum(b) / len(b)
+
+
+@pytest.mark.parametrize("name,ratio", [("turn_returns", 0.0), ("gigpo", 0.5), ("igpo", 2 / 3)])
+def test_per_turn_estimators_credit_the_deciding_turn_and_grpo_does_not(name, ratio):
+    eps = toy_episodes()
+    grpo = adv("grpo", eps)
+    # trajectory-level GRPO pushes the noise turn exactly as hard as the deciding one
+    assert credit(grpo, eps, 0) == pytest.approx(credit(grpo, eps, 1))
+    # beliefs in the gold answer "A": 0.2 before; 0.6 after a first "A", 0.1 after a first "B"
+    aux = Aux(beliefs=[[0.2, 0.6 if e.turns[0].text == "A" else 0.1] for e in eps])
+    a = adv(name, eps, aux)
+    c0, c1 = credit(a, eps, 0), credit(a, eps, 1)
+    assert c0 > 0  # the deciding turn is credited
+    # the noise turn gets less credit than the deciding one: by hand, turn_returns 0 (G_1 = 0 for all),
+    # gigpo 1/2 (turn 0: episode +- 1 plus step +- 1; turn 1: episode only), igpo (1/s) / (1.5/s) = 2/3
+    assert c1 / c0 == pytest.approx(ratio, abs=1e-4)
