@@ -15,10 +15,22 @@ _X, _Y = "\x00turnrl-user\x00", "\x00turnrl-assistant\x00"
 class ChatFormat:
     def __init__(self, tokenizer):
         self.tok = tokenizer
-        self.stop_ids = sorted({tokenizer.eos_token_id, *self._extra_stop_ids()})
         base = self._render([Message("user", _X), Message("assistant", _Y)], gen=False)
         self._assistant_suffix = base[base.index(_Y) + len(_Y):]  # e.g. "<|im_end|>\n" for ChatML
         self._base = base
+        #: the token the template itself writes right after an assistant message (ChatML
+        #: ``<|im_end|>``, Llama-3 ``<|eot_id|>``); None when it writes no special token there
+        self.end_of_turn_id = self._end_of_turn_id()
+        eot = [] if self.end_of_turn_id is None else [self.end_of_turn_id]
+        self.stop_ids = sorted({tokenizer.eos_token_id, *self._extra_stop_ids(), *eot})
+
+    def _end_of_turn_id(self) -> int | None:
+        ids = self.encode(self._assistant_suffix)
+        if not ids:
+            return None
+        special = set(self.tok.all_special_ids)
+        special |= {i for i, t in getattr(self.tok, "added_tokens_decoder", {}).items() if getattr(t, "special", False)}
+        return ids[0] if ids[0] in special else None
 
     def _extra_stop_ids(self) -> list[int]:
         ids = []
@@ -53,6 +65,14 @@ class ChatFormat:
         if not full.startswith(self._base):
             raise ValueError("chat template is not append-only; multi-turn token stitching needs one that is")
         return self.encode(suffix + full[len(self._base):])
+
+    def replay_ids(self, text: str) -> list[int]:
+        """A finished assistant reply as the template writes it: its ids, then the
+        end-of-turn token (a replayed earlier answer, RISE-style)."""
+        if self.end_of_turn_id is None:
+            raise ValueError("the chat template writes no end-of-turn token after an assistant message; "
+                             "replayed prefixes need one")
+        return self.encode(text) + [self.end_of_turn_id]
 
     def decode_action(self, ids: list[int]) -> str:
         """Reply text for parsing (special tokens dropped)."""

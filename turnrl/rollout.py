@@ -68,7 +68,7 @@ def collect(
         obs = chat.prompt_ids(opening)
         ctx = list(obs)
         for text in (prefixes[i] if prefixes else []):
-            action = chat.encode(text) + [chat.stop_ids[0]]
+            action = chat.replay_ids(text)  # ends with the template's own end-of-turn token
             step = env_call(env, seed, len(ep.turns) + 1, text)
             ep.turns.append(Turn(obs, action, [0.0] * len(action), text, step.reward, frozen=True, info=step.record(),
                                  feedback=list(step.messages)))
