@@ -1,5 +1,8 @@
 """Train the default model with a config (default: the UFO demo, configs/ufo_demo.toml)
-and write before/after held-out metrics to bench/results/<config name>.json.
+and write before/after held-out metrics to bench/results/<config name>.json, with what
+the policy did on the held-out episodes (``behaviour``: its first answers, how many
+episodes repeat an answer, its most common answer sequences), read from each
+evaluation's episodes.jsonl.
 
     python bench/ufo_demo.py [CONFIG] [--section.key value ...]
 """
@@ -8,9 +11,11 @@ from __future__ import annotations
 import json
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
 from turnrl.config import load_config
+from turnrl.results import load_eval
 from turnrl.trainer import Trainer
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -22,6 +27,29 @@ def pick(m: dict, k_max: int, pass_k: int) -> dict:
     out = {"succ_at_k": {str(k): m[f"succ@{k}"] for k in range(1, k_max + 1)}, f"pass_at_{pass_k}": m.get(f"pass@{pass_k}")}
     out.update({k: m[k] for k in KEYS})
     return out
+
+
+def behaviour(records: list[dict], top: int = 5) -> dict:
+    """What the policy did, from an evaluation's episode records (episodes.jsonl): the
+    distribution of first answers, the episodes that give one answer twice, and the most
+    common answer sequences and three-answer openings with their counts. A turn without
+    a parseable answer shows as "-"."""
+    def answers(rec: dict) -> list[str]:
+        return [("-" if t.get("answer") is None or not t.get("valid", True) else str(t["answer"])) for t in rec["turns"]]
+
+    def ranked(counts: Counter) -> list[dict]:
+        rows = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[:top]
+        return [{"answers": list(seq), "episodes": n} for seq, n in rows]
+
+    seqs = [answers(r) for r in records]
+    given = [[a for a in s if a != "-"] for s in seqs]
+    return {
+        "episodes": len(records),
+        "first_answer": dict(sorted(Counter(s[0] for s in seqs if s).items(), key=lambda kv: (-kv[1], kv[0]))),
+        "episodes_repeating_an_answer": sum(len(g) != len(set(g)) for g in given),
+        "most_common_sequences": ranked(Counter(tuple(s) for s in seqs)),
+        "most_common_openings": ranked(Counter(tuple(s[:3]) for s in seqs if len(s) >= 3)),
+    }
 
 
 def main(argv: list[str]) -> int:
@@ -40,6 +68,8 @@ def main(argv: list[str]) -> int:
         "before": pick(before, k, pk), "after": pick(after, k, pk),
         "train_minutes": round(total - (before["eval_seconds"] + after["eval_seconds"]) / 60, 2),
         "total_minutes": round(total, 2),
+        "behaviour": {when: behaviour(load_eval(Path(cfg.train.out_dir) / "evals" / f"step_{step:06d}").episodes)
+                      for when, step in (("before", 0), ("after", cfg.train.steps))},
     }
     result["targets"] = {
         "succ1_not_lower": after["succ@1"] >= before["succ@1"],

@@ -83,6 +83,12 @@ def turnrl_seconds_per_step(steps: int, out_dir: Path) -> list[float]:
 
 
 def main(argv: list[str]) -> int:
+    import importlib.util
+
+    missing = [m for m in ("trl", "datasets") if importlib.util.find_spec(m) is None]
+    if missing:  # before minutes of turnrl steps, not after
+        print(f"bench/vs_trl.py needs {' and '.join(missing)}: .venv/bin/pip install -e .[bench]", file=sys.stderr)
+        return 2
     steps = int(argv[0]) if argv else 5
     tmp = ROOT / "runs" / "bench_vs_trl"
     torch.manual_seed(0)
