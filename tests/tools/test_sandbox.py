@@ -2,6 +2,8 @@
 with an observation that says what happened, and this (the training) process survives."""
 import os
 import socket
+import subprocess
+import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -202,3 +204,155 @@ def test_rlimits_fallback_warns_loudly(monkeypatch):
     assert sb.run_python("while True: pass").signal is not None  # rlimits still stop it
     with pytest.raises(RuntimeError, match="bubblewrap is not installed"):
         Sandbox(isolation="bwrap")
+
+
+# --- what the audit found: each program below got past an earlier version ----------------------------
+
+AS_ROOT = os.geteuid() == 0
+# Attaches to pid 1 of the run's PID namespace (bubblewrap's init, same uid), makes it clear
+# its parent-death signal, then becomes 'sleep 876543' holding stdout open.
+PTRACE_PID_1 = r'''
+import ctypes, os
+libc = ctypes.CDLL(None, use_errno=True)
+libc.ptrace.restype = ctypes.c_long
+libc.ptrace.argtypes = [ctypes.c_long, ctypes.c_long, ctypes.c_void_p, ctypes.c_void_p]
+class Regs(ctypes.Structure):
+    _fields_ = [(n, ctypes.c_ulonglong) for n in "r15 r14 r13 r12 rbp rbx r11 r10 r9 r8 rax rcx rdx rsi rdi orig_rax rip cs eflags rsp ss fs_base gs_base ds es fs gs".split()]
+if libc.ptrace(16, 1, None, None) != 0:  # PTRACE_ATTACH
+    print("attach failed", ctypes.get_errno(), flush=True)
+else:
+    os.waitpid(1, 0x40000000)
+    saved, r = Regs(), Regs()
+    libc.ptrace(12, 1, None, ctypes.byref(saved))  # GETREGS
+    ctypes.memmove(ctypes.byref(r), ctypes.byref(saved), ctypes.sizeof(r))
+    r.rip, r.rax, r.rdi, r.rsi, r.orig_rax = saved.rip - 2, 157, 1, 0, (1 << 64) - 1  # prctl(PR_SET_PDEATHSIG, 0)
+    libc.ptrace(13, 1, None, ctypes.byref(r))
+    libc.ptrace(9, 1, None, None)  # SINGLESTEP over the syscall instruction
+    os.waitpid(1, 0x40000000)
+    libc.ptrace(13, 1, None, ctypes.byref(saved))
+    libc.ptrace(17, 1, None, None)  # DETACH
+    print("pid 1 no longer dies with its parent", flush=True)
+os.execv("/bin/sleep", ["sleep", "876543"])
+'''
+
+
+def _pids_with(marker: bytes) -> list[int]:
+    found = []
+    for p in Path("/proc").iterdir():
+        if p.name.isdigit():
+            try:
+                if marker in (p / "cmdline").read_bytes():
+                    found.append(int(p.name))
+            except OSError:
+                pass
+    return found
+
+
+def _run_bounded(sb, code, within_s):
+    """sb.run_python(code) in a thread; None if it has not returned within ``within_s``."""
+    out = {}
+    t = threading.Thread(target=lambda: out.setdefault("r", sb.run_python(code)), daemon=True)
+    t0 = time.monotonic()
+    t.start()
+    t.join(within_s)
+    return out.get("r"), time.monotonic() - t0
+
+
+def _kill_left_over(marker: bytes):
+    """Clean up after a failing run, so one failure does not leave processes behind."""
+    left = _pids_with(marker)
+    for pid in left:
+        try:
+            ppid = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+            os.kill(ppid, 9)
+        except (OSError, ValueError, IndexError):
+            pass
+        try:
+            os.kill(pid, 9)
+        except OSError:
+            pass
+    return left
+
+
+@pytest.mark.skipif(os.uname().machine != "x86_64", reason="the attack program is written for x86-64")
+def test_a_program_that_ptraces_pid_1_is_stopped_at_its_wall_time():
+    sb = Sandbox(Limits(wall_s=2.0, cpu_s=2), isolation="bwrap")
+    r, wall = _run_bounded(sb, PTRACE_PID_1, 8.0)
+    left = _kill_left_over(b"876543")
+    assert r is not None, f"execute blocked for {wall:.1f} s"
+    assert wall <= 2.0 + 1.5 and r.timed_out, (wall, r)
+    assert left == [], "the program outlived its run"
+    assert r.stdout == "attach failed 1\n"  # EPERM: the run may not trace anything
+
+
+@pytest.mark.skipif(not AS_ROOT, reason="killing a run's escaped daemon needs its own uid (root) or a cgroup")
+def test_a_daemon_holding_stdout_does_not_block_the_caller():
+    # without bubblewrap a double-forked daemon leaves the process group; it keeps stdout open
+    sb = Sandbox(Limits(wall_s=3.0, cpu_s=2), isolation="rlimits")
+    code = ("import os\nif os.fork() == 0:\n    os.setsid()\n    if os.fork() == 0:\n"
+            "        os.execv('/bin/sleep', ['sleep', '876544'])\n    os._exit(0)\nprint('parent done')")
+    r, wall = _run_bounded(sb, code, 8.0)
+    left = _kill_left_over(b"876544")
+    assert r is not None, f"execute blocked for {wall:.1f} s"
+    assert wall < 1.5 and r.stdout == "parent done\n" and r.exit_code == 0, (wall, r)
+    assert left == []
+
+
+def test_output_printed_before_a_timeout_is_kept():
+    sb = Sandbox(Limits(wall_s=1.0, cpu_s=5), isolation="bwrap")
+    r = sb.run_python("import sys\nprint('partial')\nsys.stderr.write('warn\\n')\nwhile True: pass")
+    assert r.timed_out and r.stdout == "partial\n" and r.stderr == "warn\n"
+    assert r.observation() == "partial\nwarn\n[time limit exceeded: the program was stopped]"
+
+
+def test_dev_is_read_only_and_dev_shm_is_capped():
+    sb = Sandbox(Limits(wall_s=5.0, disk_mb=8), isolation="bwrap")
+    r = sb.run_python("import os\nopen('/dev/null', 'w').write('fine')\n"
+                      "for path, n in (('/dev/x', 1), ('/dev/shm/x', 12 << 20)):\n"
+                      "    try: open(path, 'wb').write(b'0' * n); print(path, 'written')\n"
+                      "    except OSError as e: print(path, e.errno)")
+    assert r.stdout.split("\n")[:2] == ["/dev/x 30", "/dev/shm/x 28"], r  # EROFS, ENOSPC (8 MiB cap)
+
+
+@pytest.mark.skipif(not AS_ROOT, reason="tmpfs nr_inodes needs a mount made as root")
+def test_file_count_is_capped_in_every_writable_directory():
+    sb = Sandbox(Limits(wall_s=10.0, max_files=500), isolation="bwrap")
+    r = sb.run_python("for d in ('/sandbox', '/tmp', '/dev/shm'):\n    n = 0\n    try:\n"
+                      "        while n < 20000: open(f'{d}/f{n}', 'w').close(); n += 1\n"
+                      "    except OSError as e: print(d, e.errno, n)")
+    rows = [line.split() for line in r.stdout.splitlines()]
+    assert [(d, e) for d, e, _ in rows] == [("/sandbox", "28"), ("/tmp", "28"), ("/dev/shm", "28")], r
+    # 500 inodes per tmpfs: the root directory takes one, /sandbox/main.py (a mount point) another
+    assert all(480 <= int(n) <= 499 for _, _, n in rows), rows
+
+
+def test_memory_is_limited_for_the_run_as_a_whole():
+    sb = Sandbox(Limits(wall_s=10.0, cpu_s=5, memory_mb=256, processes=16), isolation="bwrap")
+    if sb.cgroup is None:
+        pytest.skip("no writable cgroup here: memory is limited per process only")
+    # 3 children x 200 MiB, each under the 256 MiB per-process limit, 600 MiB together
+    code = ("import os, time\nfor i in range(3):\n    if os.fork() == 0:\n"
+            "        x = b'1' * (200 << 20)\n        print('child holds 200 MiB', flush=True)\n"
+            "        time.sleep(2)\n        os._exit(0)\nfor i in range(3): os.wait()\nprint('parent done')")
+    r = sb.run_python(code)
+    held = r.stdout.count("child holds 200 MiB")
+    assert held <= 1 and r.memory_exceeded, r  # two children at once would be 400 MiB
+    assert "[memory limit exceeded" in r.observation()
+
+
+@pytest.mark.skipif(not AS_ROOT, reason="runs switch to uids of their own only as root")
+def test_two_turnrl_processes_never_share_a_uid():
+    start = "from turnrl.tools.sandbox import Limits, Sandbox\nsb = Sandbox(Limits(wall_s={w}, cpu_s=6), isolation='bwrap')\n"
+    bomb = start.format(w=6.0) + ("print('ready', flush=True)\n"
+                                  "sb.run_python('import os\\nwhile True:\\n    try: os.fork()\\n    except OSError: pass')\n")
+    harmless = start.format(w=4.0) + "for _ in range(3): print(repr(sb.run_python('print(42)').observation()))\n"
+    other = subprocess.Popen([sys.executable, "-c", bomb], stdout=subprocess.PIPE, text=True, cwd=REPO)
+    try:
+        assert other.stdout.readline().strip() == "ready"
+        time.sleep(1.0)  # the fork bomb is now at its process limit
+        # a second process, fresh like the first: it starts from the same slots
+        out = subprocess.run([sys.executable, "-c", harmless], capture_output=True, text=True, cwd=REPO, timeout=60)
+        assert out.stdout.splitlines() == ["'42'"] * 3, out.stdout + out.stderr
+    finally:
+        other.kill()
+        other.wait()

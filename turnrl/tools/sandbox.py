@@ -3,26 +3,47 @@
 Every run gets its own process tree with:
 
 - **bubblewrap** (``bwrap``), where it is installed: new user, PID, network, IPC, UTS and
-  mount namespaces (no nested user namespaces); the read-only root file system is a few read-only system directories plus a
-  throw-away ``/sandbox`` working directory and ``/tmp``, both size-capped tmpfs; no
-  network device at all; the process tree dies with its parent;
+  mount namespaces (no nested user namespaces); the read-only root file system is a few
+  read-only system directories plus a throw-away ``/sandbox`` working directory, ``/tmp``
+  and ``/dev/shm``, each a size-capped tmpfs (and, as root, capped in files: ``nr_inodes``);
+  ``/dev`` itself is read-only; no network device at all; the process tree dies with its parent;
+- a **seccomp** filter (x86-64, aarch64) that denies ``ptrace``, ``process_vm_*``,
+  ``pidfd_getfd``, ``perf_event_open``, ``bpf``, ``io_uring``, keyrings, mounts and
+  namespaces: a program cannot take over bubblewrap's init (pid 1 of the run, same uid) or
+  any other process;
+- **a cgroup per run** where one can be made (cgroup v2 with the memory and pids
+  controllers, or the v1 memory and pids hierarchies): memory (tmpfs files included) and
+  processes are limited for the run as a whole, and the run is killed as a whole;
 - rlimits: CPU seconds, address space, file size, open files, processes (counted for the
   unprivileged user the run executes as: when turnrl runs as root, each concurrent run
-  switches to a uid of its own first, since root is exempt from the process limit and a
-  shared uid would let one run's fork bomb starve the others), no core files;
-- a wall-clock timeout that kills the whole process group;
+  switches to a uid of its own first, locked per slot across processes, since root is
+  exempt from the process limit and a shared uid would let one run's fork bomb starve the
+  others), no core files;
+- a wall-clock timeout; when it passes, when the output cap is hit, or when the program
+  ends, everything left of the run is killed: its process group, its cgroup and (as root)
+  every process of its uid. Output is read as it arrives, so what was printed before a
+  kill is kept, and the call returns within ``wall_s`` plus a fraction of a second
+  whatever the program does;
 - a scrubbed environment (only ``PATH``, ``HOME``, ``LANG`` and Python's I/O settings);
 - output capped while it is read, so a program that prints forever costs nothing.
 
 Without bubblewrap, runs fall back to rlimits, a scrubbed environment and a temporary
 working directory, with a loud warning: no network or file-system isolation then.
+Without a writable cgroup (not root, or /sys/fs/cgroup read-only) memory is limited per
+process only (``RLIMIT_AS``), also with a warning.
 """
 from __future__ import annotations
 
+import errno
+import fcntl
+import itertools
 import os
+import platform
 import resource
+import selectors
 import shutil
 import signal
+import struct
 import subprocess
 import tempfile
 import threading
@@ -32,19 +53,58 @@ from dataclasses import dataclass
 from pathlib import Path
 
 # Run as root, each concurrent run gets a uid of its own from this range, so one run's
-# fork bomb exhausts only its own process limit (RLIMIT_NPROC counts per uid).
+# fork bomb exhausts only its own process limit (RLIMIT_NPROC counts per uid). A lock file
+# per slot makes the uid the run's alone across every turnrl process on the machine.
 UID_BASE, UID_SLOTS = 3_000_000, 256
+SLOT_LOCK_DIRS = ("/run/turnrl-sandbox", "/tmp/turnrl-sandbox")
 _SYSTEM_DIRS = ("/usr", "/etc/alternatives", "/etc/ld.so.cache", "/etc/ld.so.conf", "/etc/ld.so.conf.d")
+_GRACE_S = 0.5  # after a kill: how long to drain the pipes before closing them regardless
+# Syscalls no program needs, and that can reach outside its own process: denied with EPERM.
+_DENIED_SYSCALLS = {  # name: (x86-64, aarch64)
+    "ptrace": (101, 117), "process_vm_readv": (310, 270), "process_vm_writev": (311, 271),
+    "pidfd_getfd": (438, 438), "kcmp": (312, 272), "perf_event_open": (298, 241), "bpf": (321, 280),
+    "userfaultfd": (323, 282), "keyctl": (250, 219), "add_key": (248, 217), "request_key": (249, 218),
+    "io_uring_setup": (425, 425), "io_uring_enter": (426, 426), "io_uring_register": (427, 427),
+    "mount": (165, 40), "umount2": (166, 39), "pivot_root": (155, 41), "chroot": (161, 51),
+    "unshare": (272, 97), "setns": (308, 268), "open_by_handle_at": (304, 265), "name_to_handle_at": (303, 264),
+    "fsopen": (430, 430), "fsconfig": (431, 431), "fsmount": (432, 432), "fspick": (433, 433),
+    "move_mount": (429, 429), "open_tree": (428, 428), "mount_setattr": (442, 442),
+    "swapon": (167, 224), "swapoff": (168, 225), "reboot": (169, 142), "init_module": (175, 105),
+    "finit_module": (313, 273), "delete_module": (176, 106), "kexec_load": (246, 104),
+    "kexec_file_load": (320, 294), "acct": (163, 89), "syslog": (103, 116),
+}
+_AUDIT_ARCH = {"x86_64": (0xC000003E, 0), "aarch64": (0xC00000B7, 1)}
+
+
+def seccomp_filter(machine: str | None = None) -> bytes | None:
+    """The run's seccomp filter as a classic BPF program (what ``bwrap --seccomp FD`` loads),
+    or None on an architecture it does not know. Other ABIs (x32, 32-bit compat) get ENOSYS
+    for every call; the denied syscalls get EPERM; everything else is allowed."""
+    arch = _AUDIT_ARCH.get(machine or platform.machine())
+    if arch is None:
+        return None
+    audit_arch, column = arch
+    ld, jeq, jge, ret = 0x20, 0x15, 0x35, 0x06  # BPF_LD|W|ABS, BPF_JMP|JEQ|K, BPF_JMP|JGE|K, BPF_RET|K
+    allow, eperm, enosys = 0x7FFF0000, 0x00050000 | errno.EPERM, 0x00050000 | errno.ENOSYS
+    nrs = sorted({v[column] for v in _DENIED_SYSCALLS.values()})
+    prog = [(ld, 0, 0, 4), (jeq, 1, 0, audit_arch), (ret, 0, 0, enosys), (ld, 0, 0, 0)]
+    checks = ([(jge, 0, 0, 0x40000000)] if column == 0 else []) + [(jeq, 0, 0, nr) for nr in nrs]
+    deny_at = len(prog) + len(checks) + 1  # after the checks and the final allow
+    for code, _, _, k in checks:
+        prog.append((code, deny_at - len(prog) - 1, 0, k))  # jump to the EPERM return when equal
+    prog += [(ret, 0, 0, allow), (ret, 0, 0, eperm)]
+    return b"".join(struct.pack("HBBI", *insn) for insn in prog)
 
 
 @dataclass(frozen=True)
 class Limits:
     wall_s: float = 10.0  # wall clock, whole run
     cpu_s: int = 5  # CPU seconds (RLIMIT_CPU)
-    memory_mb: int = 512  # address space (RLIMIT_AS)
+    memory_mb: int = 512  # address space per process (RLIMIT_AS) and memory of the whole run, tmpfs files included (cgroup)
     file_mb: int = 16  # largest file written (RLIMIT_FSIZE)
-    disk_mb: int = 32  # /sandbox and /tmp tmpfs size each (bubblewrap only)
-    processes: int = 16  # processes and threads (RLIMIT_NPROC, on top of what the user already runs)
+    disk_mb: int = 32  # /sandbox, /tmp and /dev/shm tmpfs size each (bubblewrap only)
+    max_files: int = 4096  # files and directories in each of those (tmpfs nr_inodes; bubblewrap as root only)
+    processes: int = 16  # processes and threads (RLIMIT_NPROC, on top of what the user already runs; and the cgroup's pids.max)
     open_files: int = 64  # RLIMIT_NOFILE
     output_bytes: int = 65536  # stdout + stderr kept; the run is killed past 4x this
 
@@ -58,10 +118,11 @@ class RunResult:
     output_exceeded: bool = False
     signal: int | None = None  # the signal that ended the program, if one did
     wall_s: float = 0.0
+    memory_exceeded: bool = False  # the run's cgroup killed a process for memory
 
     @property
     def ok(self) -> bool:
-        return self.exit_code == 0 and not self.timed_out and not self.output_exceeded
+        return self.exit_code == 0 and not (self.timed_out or self.output_exceeded or self.memory_exceeded)
 
     def observation(self, max_chars: int = 1024) -> str:
         """What a model sees: output (head and tail if long) and why the run ended."""
@@ -74,12 +135,15 @@ class RunResult:
             notes.append("time limit exceeded: the program was stopped")
         if self.output_exceeded:
             notes.append("output limit exceeded: the program was stopped")
-        if self.signal is not None and not (self.timed_out or self.output_exceeded):
+        if self.memory_exceeded:
+            notes.append("memory limit exceeded: a process of the program was killed")
+        if self.signal is not None and not (self.timed_out or self.output_exceeded or self.memory_exceeded):
             name = signal.Signals(self.signal).name if self.signal in signal.Signals._value2member_map_ else str(self.signal)
             notes.append(f"the program was killed by {name}" + (" (CPU time limit)" if self.signal == signal.SIGXCPU else ""))
         elif self.exit_code not in (0, None) and not notes:
             notes.append(f"exit code {self.exit_code}")
         return (out.rstrip() + ("\n" if out.strip() else "") + "\n".join(f"[{n}]" for n in notes)).strip() or "[no output]"
+
 
 
 def _set_limits(limits: dict) -> None:
@@ -107,12 +171,230 @@ def _count_processes(uid: int) -> int:
     return n
 
 
+def _kill_uid(uid: int) -> None:
+    """SIGKILL every process of ``uid`` (a run's own uid, never ours): kill(-1) sent as that uid."""
+    try:
+        subprocess.run(["/bin/sh", "-c", "kill -9 -1"], user=uid, group=uid, extra_groups=[], env={},
+                       stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=2)
+    except (OSError, subprocess.SubprocessError):
+        pass
+
+
+# -- cgroups ---------------------------------------------------------------------------
+# A layout is a list of (kind, base directory): per run a child of each base is made.
+#   "v2": cgroup v2 with memory and pids enabled; "v1-memory", "v1-pids": the v1 hierarchies;
+#   "v2-kill": a v2 hierarchy without controllers (hybrid systems), used for cgroup.kill.
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    return True
+
+
+def _usable(base: Path) -> bool:
+    """Can a child cgroup be made here? Removes children left by turnrl processes that died."""
+    try:
+        for d in base.glob("turnrl-*-*"):
+            pid = d.name.split("-")[1]
+            if pid.isdigit() and not _alive(int(pid)):
+                try:
+                    d.rmdir()
+                except OSError:
+                    pass
+        probe = base / f"turnrl-{os.getpid()}-probe"
+        probe.mkdir()
+        probe.rmdir()
+        return True
+    except OSError:
+        return False
+
+
+def _v2_base(d: Path) -> bool:
+    """Make ``d`` hand memory and pids to its children, if it can."""
+    try:
+        if not {"memory", "pids"} <= set((d / "cgroup.controllers").read_text().split()):
+            return False
+        if not {"memory", "pids"} <= set((d / "cgroup.subtree_control").read_text().split()):
+            (d / "cgroup.subtree_control").write_text("+memory +pids")
+    except OSError:  # e.g. a non-root cgroup with processes in it ("no internal processes")
+        return False
+    return _usable(d)
+
+
+def find_cgroup_layout() -> list[tuple[str, Path]] | None:
+    """Where this process can make a cgroup per run; None if nowhere (then memory is limited
+    per process only)."""
+    try:
+        mountinfo = Path("/proc/self/mountinfo").read_text().splitlines()
+        own = {}
+        for line in Path("/proc/self/cgroup").read_text().splitlines():
+            _, controllers, path = line.split(":", 2)
+            for c in controllers.split(",") if controllers else [""]:
+                own[c] = path
+    except OSError:
+        return None
+    mounts = []  # (fstype, mount point, root of the mount, super options)
+    for line in mountinfo:
+        left, _, right = line.partition(" - ")
+        f, r = left.split(), right.split()
+        if len(r) >= 3 and r[0] in ("cgroup", "cgroup2") and len(f) >= 5:
+            mounts.append((r[0], f[4], f[3], set(r[2].split(","))))
+
+    def own_dir(fstype: str, controller: str) -> tuple[Path, Path] | None:
+        for typ, point, root, opts in mounts:
+            if typ == fstype and (fstype == "cgroup2" or controller in opts) and controller in own:
+                path = own[controller]
+                if root != "/" and path.startswith(root):
+                    path = path[len(root):]
+                return Path(point), Path(point) / path.lstrip("/")
+        return None
+
+    v2 = own_dir("cgroup2", "")
+    if v2 is not None:
+        point, d = v2
+        for base in (d, d.parent) if d != point else (d,):  # our cgroup, else a sibling of it
+            if base.is_relative_to(point) and _v2_base(base):
+                return [("v2", base)]
+    memory, pids = own_dir("cgroup", "memory"), own_dir("cgroup", "pids")
+    if memory is None or not _usable(memory[1]):
+        return None
+    layout = [("v1-memory", memory[1])]
+    if pids is not None and _usable(pids[1]):
+        layout.append(("v1-pids", pids[1]))
+    if v2 is not None and _usable(v2[1]):  # membership only: cgroup.kill where the kernel has it
+        layout.append(("v2-kill", v2[1]))
+    return layout
+
+
+class _RunCgroup:
+    """One run's cgroup in every hierarchy of the layout: limits, membership, kill, removal."""
+
+    _ids = itertools.count()
+    _leftover: list[Path] = []  # cgroups that were still busy when their run ended
+    _lock = threading.Lock()
+
+    def __init__(self, layout: list[tuple[str, Path]], memory_bytes: int, pids: int):
+        name = f"turnrl-{os.getpid()}-{next(_RunCgroup._ids)}"
+        settings = {"v2": [("memory.max", memory_bytes), ("memory.swap.max", 0), ("pids.max", pids)],
+                    "v1-memory": [("memory.limit_in_bytes", memory_bytes), ("memory.memsw.limit_in_bytes", memory_bytes)],
+                    "v1-pids": [("pids.max", pids)], "v2-kill": []}
+        self.dirs: list[tuple[str, Path]] = []
+        for kind, base in layout:
+            d = base / name
+            try:
+                d.mkdir()
+                self.dirs.append((kind, d))
+                for file, value in settings[kind]:
+                    if (d / file).exists():
+                        (d / file).write_text(str(value))
+            except OSError as e:
+                self.remove()
+                raise RuntimeError(f"sandbox cgroup {d}: {e}") from e
+
+    @property
+    def procs_files(self) -> list[str]:
+        return [str(d / "cgroup.procs") for _, d in self.dirs]
+
+    def _pids(self) -> set[int]:
+        found = set()
+        for _, d in self.dirs:
+            try:
+                found.update(int(p) for p in (d / "cgroup.procs").read_text().split())
+            except OSError:
+                pass
+        return found
+
+    def kill(self) -> None:
+        for _, d in self.dirs:
+            if (d / "cgroup.kill").exists():
+                try:
+                    (d / "cgroup.kill").write_text("1")
+                except OSError:
+                    pass
+        for _ in range(100):  # v1: no cgroup.kill; pids.max bounds how many can appear
+            pids = self._pids()
+            if not pids:
+                return
+            for pid in pids:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except OSError:
+                    pass
+            time.sleep(0.005)
+
+    def memory_exceeded(self) -> bool:
+        for kind, d in self.dirs:
+            events = {"v2": "memory.events", "v1-memory": "memory.oom_control"}.get(kind)
+            if events:
+                try:
+                    for line in (d / events).read_text().splitlines():
+                        key, _, value = line.partition(" ")
+                        if key == "oom_kill" and int(value) > 0:
+                            return True
+                except (OSError, ValueError):
+                    pass
+        return False
+
+    def remove(self) -> None:
+        """rmdir each, waiting at most 0.2 s for killed processes to leave; a cgroup still busy
+        then is removed after a later run of this process instead."""
+        with _RunCgroup._lock:
+            retry, _RunCgroup._leftover = _RunCgroup._leftover, []
+        busy, give_up = [], time.monotonic() + 0.2
+        for d in [*reversed([d for _, d in self.dirs]), *retry]:
+            while True:
+                try:
+                    d.rmdir()
+                except FileNotFoundError:
+                    pass
+                except OSError:
+                    if d not in retry and time.monotonic() < give_up:
+                        time.sleep(0.005)
+                        continue
+                    busy.append(d)
+                break
+        self.dirs = []
+        with _RunCgroup._lock:
+            _RunCgroup._leftover += busy
+
+
+# Run as root before the program: join the run's cgroups, mount its tmpfs directories
+# (inside a private mount namespace, so they vanish with the run), then exec the rest.
+_LAUNCH = """n=$1; shift
+while [ "$n" -gt 0 ]; do echo $$ > "$1" || exit 125; shift; n=$((n - 1)); done
+n=$1; shift
+while [ "$n" -gt 0 ]; do mount -t tmpfs -o "$1" tmpfs "$2" || exit 125; shift 2; n=$((n - 1)); done
+exec "$@"
+"""
+
+
+def _slot_lock_dir() -> str:
+    for d in SLOT_LOCK_DIRS:
+        try:
+            os.makedirs(d, mode=0o700, exist_ok=True)
+            if os.stat(d).st_uid == os.geteuid() and os.access(d, os.W_OK):
+                return d
+        except OSError:
+            pass
+    raise RuntimeError(f"sandbox: none of {', '.join(SLOT_LOCK_DIRS)} is a writable directory of ours for uid slot locks")
+
+
 class Sandbox:
     """``Sandbox().run_python(code)``; thread-safe, so many episodes' calls run at once."""
 
     _warned = False
+    _cgroup_warned = False
+    _seccomp_warned = False
     _slots_lock = threading.Lock()
-    _free_slots = list(range(UID_SLOTS))
+    _held_slots: dict[int, int] = {}  # slot -> fd of its flock'ed lock file
+    _layout_lock = threading.Lock()
+    _layout: list | None = None
+    _layout_known = False
 
     def __init__(self, limits: Limits = Limits(), python: str | None = None, isolation: str = "auto"):
         if isolation not in ("auto", "bwrap", "rlimits"):
@@ -126,8 +408,30 @@ class Sandbox:
             warnings.warn("turnrl sandbox: bubblewrap (bwrap) not found; model-written code runs with rlimits only, "
                           "WITHOUT network or file-system isolation. Install bubblewrap.", RuntimeWarning, stacklevel=2)
         self.as_root = os.geteuid() == 0
+        if self.as_root:  # util-linux: switch uid, and mount the run's tmpfs directories in a mount namespace
+            missing = [t for t in ("setpriv", *(("unshare", "mount") if self.bwrap else ())) if shutil.which(t) is None]
+            if missing:
+                raise RuntimeError(f"turnrl sandbox run as root needs {', '.join(missing)} (Debian: util-linux, mount)")
+        self.seccomp = seccomp_filter() if self.bwrap else None
+        if self.bwrap and self.seccomp is None and not Sandbox._seccomp_warned:
+            Sandbox._seccomp_warned = True
+            warnings.warn(f"turnrl sandbox: no seccomp filter for {platform.machine()}: programs may ptrace "
+                          "bubblewrap's init", RuntimeWarning, stacklevel=2)
+        self.cgroup = self._cgroup_layout()
+        if self.cgroup is None and not Sandbox._cgroup_warned:
+            Sandbox._cgroup_warned = True
+            warnings.warn("turnrl sandbox: no writable cgroup (v2 with memory and pids, or v1 memory): memory is limited "
+                          "per process (RLIMIT_AS), not per run" + ("" if self.as_root else ", and without bubblewrap a "
+                          "process that leaves the run's process group is not killed"), RuntimeWarning, stacklevel=2)
         # runs cannot read what their uid may not (e.g. a python under /root): default to the system's
         self.python = python or self._default_python()
+
+    @classmethod
+    def _cgroup_layout(cls) -> list | None:
+        with cls._layout_lock:
+            if not cls._layout_known:
+                cls._layout, cls._layout_known = find_cgroup_layout(), True
+            return cls._layout
 
     def _default_python(self) -> str:
         for p in ("/usr/bin/python3", "/usr/local/bin/python3"):
@@ -137,8 +441,9 @@ class Sandbox:
 
     # -- running ---------------------------------------------------------------------
     def run_python(self, code: str, stdin: str = "") -> RunResult:
-        """Run ``code`` (any string: it travels as a file, never as an argument)."""
-        return self.run([self.python, "-I", "-B", "main.py"], stdin, files={"main.py": code})
+        """Run ``code`` (any string: it travels as a file, never as an argument); unbuffered,
+        so what it prints before being stopped is kept."""
+        return self.run([self.python, "-I", "-u", "-B", "main.py"], stdin, files={"main.py": code})
 
     def run(self, argv: list[str], stdin: str = "", files: dict[str, str] | None = None) -> RunResult:
         """Run ``argv`` in the working directory, where ``files`` (name -> text) are put first."""
@@ -148,15 +453,28 @@ class Sandbox:
         finally:
             if slot is not None:
                 with Sandbox._slots_lock:
-                    Sandbox._free_slots.append(slot)
+                    os.close(Sandbox._held_slots.pop(slot))  # closing the file releases its lock
 
     @classmethod
     def _take_slot(cls) -> int:
+        """A uid slot no other run on this machine holds: a lock file per slot, flock'ed."""
+        lock_dir = _slot_lock_dir()
+        first = os.getpid() % UID_SLOTS  # processes start in different places of the ring
         while True:
             with cls._slots_lock:
-                if cls._free_slots:
-                    return cls._free_slots.pop(0)
-            time.sleep(0.01)
+                for i in range(UID_SLOTS):
+                    slot = (first + i) % UID_SLOTS
+                    if slot in cls._held_slots:
+                        continue
+                    fd = os.open(f"{lock_dir}/slot-{slot}.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+                    try:
+                        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    except OSError:
+                        os.close(fd)
+                        continue
+                    cls._held_slots[slot] = fd
+                    return slot
+            time.sleep(0.05)
 
     def _run(self, argv: list[str], stdin: str, files: dict[str, str], uid: int) -> RunResult:
         lim = self.limits
@@ -166,13 +484,25 @@ class Sandbox:
                     raise ValueError(f"sandbox file name {name!r} must be a plain name")
                 Path(work, name).write_text(text, encoding="utf-8", errors="surrogateescape")
                 Path(work, name).chmod(0o644)
+            mounts: list[str] = []  # tmpfs options, directory; made as root, in the run's own mount namespace
             if self.as_root:
                 os.chown(work, uid, uid)
+                if self.bwrap:
+                    for name, mode in (("sandbox", "0755"), ("tmp", "1777"), ("shm", "1777")):
+                        Path(work, f".{name}").mkdir()
+                        mounts += [f"size={lim.disk_mb << 20},nr_inodes={lim.max_files},mode={mode},uid={uid},gid={uid},"
+                                   "nosuid,nodev", str(Path(work, f".{name}"))]
             nproc = lim.processes + (0 if self.as_root else _count_processes(uid))
             env = {"PATH": "/usr/bin:/bin", "HOME": "/sandbox", "LANG": "C.UTF-8", "PYTHONIOENCODING": "utf-8",
                    "PYTHONDONTWRITEBYTECODE": "1", "PYTHONUNBUFFERED": "1"}
+            pass_fds: tuple[int, ...] = ()
             if self.bwrap:
-                cmd = self._bwrap_argv(argv, work, sorted(files))
+                if self.seccomp is not None:  # bwrap reads the filter from a pipe and loads it just before exec
+                    r, w = os.pipe()
+                    os.write(w, self.seccomp)
+                    os.close(w)
+                    pass_fds = (r,)
+                cmd = self._bwrap_argv(argv, work, sorted(files), pass_fds[0] if pass_fds else None, bool(mounts))
                 cwd = "/"
             else:
                 cmd, cwd = argv, work
@@ -181,20 +511,42 @@ class Sandbox:
             limits = {"cpu": f"{lim.cpu_s}:{lim.cpu_s + 1}", "as": lim.memory_mb << 20, "fsize": lim.file_mb << 20,
                       "nofile": lim.open_files, "nproc": nproc, "core": 0}
             prlimit = shutil.which("prlimit")
-            extra: dict = {"user": uid, "group": uid, "extra_groups": []} if self.as_root else {}
+            extra: dict = {}
             if prlimit:  # util-linux sets the limits and execs: no Python runs between fork and exec
                 cmd = [prlimit, *(f"--{k}={v}" for k, v in limits.items()), "--", *cmd]
             else:
                 extra["preexec_fn"] = lambda: _set_limits(limits)
-            t0 = time.monotonic()
-            proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                    cwd=cwd, env=env, start_new_session=True, close_fds=True, **extra)
-            return self._collect(proc, stdin, t0)
+            cgroup = None
+            try:
+                if self.cgroup is not None:
+                    cgroup = _RunCgroup(self.cgroup, lim.memory_mb << 20, lim.processes + 4)  # + bubblewrap's two
+                if self.as_root:
+                    cmd = [shutil.which("setpriv"), f"--reuid={uid}", f"--regid={uid}", "--clear-groups", "--", *cmd]
+                procs = cgroup.procs_files if cgroup else []
+                if procs or mounts:
+                    cmd = ["/bin/sh", "-c", _LAUNCH, "sh", str(len(procs)), *procs, str(len(mounts) // 2), *mounts, *cmd]
+                    if mounts:
+                        cmd = [shutil.which("unshare"), "--mount", "--propagation", "private", "--", *cmd]
+                t0 = time.monotonic()
+                try:
+                    proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                            cwd=cwd, env=env, start_new_session=True, close_fds=True, pass_fds=pass_fds,
+                                            **extra)
+                finally:
+                    for fd in pass_fds:
+                        os.close(fd)
+                return self._collect(proc, stdin, t0, cgroup, uid if self.as_root else None)
+            finally:
+                if cgroup is not None:
+                    cgroup.remove()
 
-    def _bwrap_argv(self, argv: list[str], work: str, files: list[str]) -> list[str]:
+    def _bwrap_argv(self, argv: list[str], work: str, files: list[str], seccomp_fd: int | None,
+                    own_mounts: bool) -> list[str]:
         lim = self.limits
         cmd = [self.bwrap, "--unshare-all", "--unshare-user", "--disable-userns", "--die-with-parent", "--new-session",
                "--clearenv"]
+        if seccomp_fd is not None:
+            cmd += ["--seccomp", str(seccomp_fd)]
         for d in _SYSTEM_DIRS:
             if Path(d).exists():
                 cmd += ["--ro-bind", d, d]
@@ -208,74 +560,110 @@ class Sandbox:
         if not str(exe.resolve()).startswith("/usr/"):  # an interpreter outside /usr: bind its prefix
             prefix = exe.resolve().parent.parent
             cmd += ["--ro-bind", str(prefix), str(prefix)]
-        cmd += ["--proc", "/proc", "--dev", "/dev",
-                "--size", str(lim.disk_mb << 20), "--tmpfs", "/tmp",
-                "--size", str(lim.disk_mb << 20), "--tmpfs", "/sandbox", "--chdir", "/sandbox"]
+        cmd += ["--proc", "/proc", "--dev", "/dev"]
+        for dest, name in (("/dev/shm", "shm"), ("/tmp", "tmp"), ("/sandbox", "sandbox")):
+            if own_mounts:  # tmpfs capped in size and files, mounted by the launcher
+                cmd += ["--bind", str(Path(work, f".{name}")), dest]
+            else:
+                cmd += ["--size", str(lim.disk_mb << 20), "--tmpfs", dest]
+        cmd += ["--chdir", "/sandbox"]
         for name in files:  # read-only copies of the given files inside the throw-away tmpfs
             cmd += ["--ro-bind", str(Path(work, name)), f"/sandbox/{name}"]
-        cmd += ["--remount-ro", "/"]  # the root tmpfs has no size cap: nothing may be written there
+        # /dev (its device nodes stay usable) and the root tmpfs have no size cap: nothing may be written there
+        cmd += ["--remount-ro", "/dev", "--remount-ro", "/"]
         for k, v in (("PATH", "/usr/bin:/bin"), ("HOME", "/sandbox"), ("LANG", "C.UTF-8"), ("PYTHONIOENCODING", "utf-8"),
                      ("PYTHONDONTWRITEBYTECODE", "1"), ("PYTHONUNBUFFERED", "1")):
             cmd += ["--setenv", k, v]
         return cmd + ["--", *argv]
 
-    def _collect(self, proc: subprocess.Popen, stdin: str, t0: float) -> RunResult:
+    def _collect(self, proc: subprocess.Popen, stdin: str, t0: float, cgroup: _RunCgroup | None,
+                 uid: int | None) -> RunResult:
+        """Feed stdin and read both pipes as data arrives, in this thread, until the run ends;
+        then kill what is left of it. Never waits on a pipe past the deadline plus a grace."""
         lim = self.limits
-        bufs = {"out": bytearray(), "err": bytearray()}
-        total = [0]
-        exceeded = threading.Event()
-
-        def pump(stream, key):
-            while True:
-                chunk = stream.read1(65536) if hasattr(stream, "read1") else stream.read(65536)
-                if not chunk:
-                    break
-                total[0] += len(chunk)
-                room = lim.output_bytes - len(bufs["out"]) - len(bufs["err"])
-                if room > 0:
-                    bufs[key] += chunk[:room]
-                if total[0] > 4 * lim.output_bytes:
-                    exceeded.set()
-                    break
-
-        readers = [threading.Thread(target=pump, args=(proc.stdout, "out"), daemon=True),
-                   threading.Thread(target=pump, args=(proc.stderr, "err"), daemon=True)]
-        for r in readers:
-            r.start()
-        try:
-            if stdin:
-                proc.stdin.write(stdin.encode())
+        out_fd, err_fd = proc.stdout.fileno(), proc.stderr.fileno()
+        bufs = {out_fd: bytearray(), err_fd: bytearray()}
+        sel = selectors.DefaultSelector()
+        for fd in bufs:
+            os.set_blocking(fd, False)
+            sel.register(fd, selectors.EVENT_READ)
+        pending = memoryview(stdin.encode())
+        win = proc.stdin.fileno()
+        if pending:
+            os.set_blocking(win, False)
+            sel.register(win, selectors.EVENT_WRITE)
+        else:
             proc.stdin.close()
-        except OSError:
+        total, timed_out, exceeded = 0, False, False
+        deadline = t0 + lim.wall_s
+        stop_at = None  # set once the run is over or stopped: drain the pipes until then
+        while True:
+            now = time.monotonic()
+            if stop_at is None:
+                timed_out = now >= deadline and proc.poll() is None
+                if timed_out or exceeded or proc.poll() is not None:
+                    self._kill(proc, cgroup, uid)  # after a normal end too: nothing outlives its run
+                    stop_at = time.monotonic() + _GRACE_S
+            if stop_at is not None and (not sel.get_map() or time.monotonic() >= stop_at):
+                break
+            wait = max(0.0, min((stop_at or deadline) - time.monotonic(), 0.05 if sel.get_map() else 0.005))
+            for key, _ in sel.select(wait) if sel.get_map() else (time.sleep(wait) or ()):
+                fd = key.fd
+                if fd == win:
+                    try:
+                        pending = pending[os.write(fd, pending[:65536]):]
+                    except BlockingIOError:
+                        continue
+                    except OSError:
+                        pending = pending[:0]
+                    if not pending:
+                        sel.unregister(fd)
+                        proc.stdin.close()
+                    continue
+                try:
+                    chunk = os.read(fd, 65536)
+                except BlockingIOError:
+                    continue
+                except OSError:
+                    chunk = b""
+                if not chunk:
+                    sel.unregister(fd)
+                    continue
+                total += len(chunk)
+                room = lim.output_bytes - sum(len(b) for b in bufs.values())
+                if room > 0:
+                    bufs[fd] += chunk[:room]
+                if total > 4 * lim.output_bytes:
+                    exceeded = True
+        sel.close()
+        try:
+            proc.wait(timeout=_GRACE_S)
+        except subprocess.TimeoutExpired:  # cannot happen short of an unkillable process; do not wait on it
             pass
-        timed_out = False
-        while proc.poll() is None:
-            if exceeded.is_set():
-                break
-            if time.monotonic() - t0 > lim.wall_s:
-                timed_out = True
-                break
-            time.sleep(0.01)
-        if proc.poll() is None:
-            self._kill(proc)
-        proc.wait()
-        for r in readers:
-            r.join(timeout=2)
-        for s in (proc.stdout, proc.stderr):
-            s.close()
+        for s in (proc.stdin, proc.stdout, proc.stderr):
+            try:
+                s.close()
+            except OSError:
+                pass
+        memory_exceeded = cgroup is not None and cgroup.memory_exceeded()
         code = proc.returncode
+        stopped = timed_out or exceeded
         sig = -code if code is not None and code < 0 else None
-        if self.bwrap and code is not None and code > 128 and not (timed_out or exceeded.is_set()):
+        if self.bwrap and code is not None and code > 128 and not stopped:
             sig = code - 128  # bwrap reports a child killed by a signal as 128 + signal
-        return RunResult(bufs["out"].decode("utf-8", "replace"), bufs["err"].decode("utf-8", "replace"),
-                         None if (timed_out or exceeded.is_set() or sig is not None) else code,
-                         timed_out=timed_out, output_exceeded=exceeded.is_set(), signal=sig,
-                         wall_s=time.monotonic() - t0)
+        return RunResult(bufs[out_fd].decode("utf-8", "replace"), bufs[err_fd].decode("utf-8", "replace"),
+                         None if (stopped or sig is not None or code is None) else code,
+                         timed_out=timed_out, output_exceeded=exceeded, signal=sig,
+                         wall_s=time.monotonic() - t0, memory_exceeded=memory_exceeded)
 
     @staticmethod
-    def _kill(proc: subprocess.Popen) -> None:
+    def _kill(proc: subprocess.Popen, cgroup: _RunCgroup | None, uid: int | None) -> None:
+        """Kill everything of the run: its process group, its cgroup, every process of its uid."""
         try:
-            os.killpg(proc.pid, signal.SIGKILL)  # the whole session; bwrap's PID namespace dies with it
+            os.killpg(proc.pid, signal.SIGKILL)
         except (ProcessLookupError, PermissionError):
             pass
-
+        if cgroup is not None:
+            cgroup.kill()
+        if uid is not None:
+            _kill_uid(uid)
