@@ -126,3 +126,13 @@ def test_each_episode_gets_its_own_room_in_the_context(scripted):
     assert len(out.turns) == 3 and out.truncated_by == "max_turns"
     out = ep.episode(RetryEnv([task], max_turns=3), 0, RolloutConfig(SamplingParams(0.0, max_new_tokens=32), max_context=15))
     assert len(out.turns) == 1 and out.truncated and out.truncated_by == "context"
+
+
+def test_the_endpoint_runner_stops_an_episode_at_the_envs_max_turns(scripted):
+    from tests.test_rollout import NeverEnds
+    from turnrl.engine.base import SamplingParams
+    from turnrl.rollout import RolloutConfig
+
+    out = ChatEndpoint(url(scripted), "scripted").episode(NeverEnds(), 0, RolloutConfig(SamplingParams(0.0)))
+    assert len(out.turns) == 3 and len(scripted.requests) == 3  # before: it never stopped
+    assert out.truncated and out.truncated_by == "max_turns"

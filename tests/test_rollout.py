@@ -2,10 +2,12 @@
 import torch
 
 from turnrl.algos.logprobs import group_logprobs
+from turnrl.config import load_config
 from turnrl.engine import HFEngine, SamplingParams
 from turnrl.envs import RetryEnv, Task
+from turnrl.envs.base import Env
 from turnrl.rollout import RolloutConfig, collect
-from turnrl.types import Message
+from turnrl.types import Message, Step
 
 TASK = Task("t", "What is 2 + 3? Answer with just the number.", "5", "numeric", "last_number", operands=(2, 3))
 
@@ -121,3 +123,39 @@ def test_a_long_episode_does_not_shorten_the_other_episodes_turns(tiny_model, to
     short, long = collect(envs, [0, 0], [0, 1], eng, chat, cfg)
     assert len(short.turns[0].action_ids) == 16  # before: 10, the long episode's room
     assert len(long.turns[0].action_ids) == 10 and long.turns[0].cut_by_length
+
+
+class NeverEnds(Env):
+    """An env that never ends an episode itself: only the rollout's turn cap stops it."""
+
+    max_turns = 3
+
+    def reset(self, seed):
+        return [Message("user", "Say anything.")]
+
+    def step(self, action):
+        return Step([Message("user", "Go on.")], 0.0, False, False)
+
+
+def test_the_rollout_stops_an_episode_at_the_envs_max_turns(tiny_model, tokenizer, chat):
+    eng = HFEngine(tiny_model, chat.stop_ids, tokenizer.pad_token_id)
+    cfg = RolloutConfig(SamplingParams(temperature=1.0, max_new_tokens=4, seed=0), max_context=2048)
+    eps = collect([NeverEnds(), NeverEnds()], [0, 1], [0, 1], eng, chat, cfg)
+    for ep in eps:  # before: 4 tokens + ~10 glue a turn until the 2048-token context ran out
+        assert len(ep.turns) == 3 and ep.truncated and ep.truncated_by == "max_turns" and not ep.terminated
+
+
+def test_turnrl_rollout_uses_the_retry_temperature(monkeypatch, capsys, tiny_model, tokenizer):
+    import turnrl.build
+    import turnrl.rollout
+    from turnrl.cli import main
+
+    seen = []
+    real = turnrl.rollout.collect
+    monkeypatch.setattr(turnrl.build, "build_policy", lambda cfg: (tiny_model, tokenizer))
+    monkeypatch.setattr(turnrl.rollout, "collect", lambda *a, **kw: seen.append(a[5]) or real(*a, **kw))
+    assert main(["rollout", "-n", "1", "--env.max_turns", "2", "--rollout.max_new_tokens", "2",
+                 "--rollout.temperature", "0.5", "--rollout.retry_temperature", "1.3"]) == 0
+    (cfg,) = seen
+    assert cfg.retry_temperature == 1.3 and cfg.sampling.temperature == 0.5
+    assert RolloutConfig.from_section(load_config(None, ["--rollout.retry_temperature", "0.9"]).rollout, 0).retry_temperature == 0.9

@@ -99,7 +99,7 @@ class ChatEndpoint:
             if add_turn(ep, Turn([], [], [], text=c.text, reward=float(step.reward), void=not step.valid,
                                  cut_by_length=not c.stopped, temperature=temp if temp > 0 else 1.0, info=step.record(),
                                  feedback=list(step.messages), latency_s=c.latency_s,
-                                 completion_tokens=c.completion_tokens), step):
+                                 completion_tokens=c.completion_tokens), step, env.max_turns):
                 break
             turn += 1
         ep.task_id = getattr(getattr(env, "task", None), "id", "")

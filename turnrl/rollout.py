@@ -18,6 +18,12 @@ class RolloutConfig:
     max_context: int = 2048  # tokens; an episode that would pass it is truncated ("context")
     retry_temperature: float | None = None  # temperature for attempts >= 2 (None: same as the first)
 
+    @classmethod
+    def from_section(cls, r, seed: int) -> "RolloutConfig":
+        """The training rollout of a ``[rollout]`` section: every field that shapes sampling."""
+        return cls(SamplingParams(r.temperature, r.top_p, r.top_k, r.max_new_tokens, seed), r.max_context,
+                   r.retry_temperature)
+
 
 def turn_sampling(cfg: RolloutConfig, turn: int) -> SamplingParams:
     """Sampling of turn ``turn`` (0-based): ``retry_temperature`` from the second attempt
@@ -26,13 +32,18 @@ def turn_sampling(cfg: RolloutConfig, turn: int) -> SamplingParams:
     return replace(cfg.sampling, temperature=temp, seed=cfg.sampling.seed * 1000 + turn)
 
 
-def add_turn(ep: Episode, turn: Turn, step: Step) -> bool:
-    """Append the policy's turn and the env's reply; True when the episode ended."""
+def add_turn(ep: Episode, turn: Turn, step: Step, max_turns: int | None = None) -> bool:
+    """Append the policy's turn and the env's reply; True when the episode ended. An
+    episode the env did not end is truncated ("max_turns") once it has ``max_turns``
+    turns (the env's ``max_turns``: the K of Succ@k)."""
     ep.turns.append(turn)
     ep.messages += [Message("assistant", turn.text), *step.messages]
     if step.terminated or step.truncated:
         ep.terminated, ep.truncated = step.terminated, step.truncated
         ep.truncated_by = "max_turns" if step.truncated else ""
+        return True
+    if max_turns is not None and len(ep.turns) >= max_turns:
+        ep.truncated, ep.truncated_by = True, "max_turns"
         return True
     return False
 
@@ -74,7 +85,7 @@ def collect(
                                  feedback=list(step.messages)))
             ep.messages += [Message("assistant", text), *step.messages]
             ctx += action
-            if step.terminated or step.truncated:
+            if step.terminated or step.truncated or len(ep.turns) >= env.max_turns:
                 raise ValueError(f"prefix of env {i} ends the episode; it cannot start a group")
             obs = chat.continuation_ids(step.messages, True, action[-1])
             ctx += obs
@@ -105,7 +116,7 @@ def collect(
                 reward=float(step.reward), void=not step.valid,
                 cut_by_length=not res.stopped, temperature=temp if temp > 0 else 1.0, info=step.record(),
                 feedback=list(step.messages), latency_s=latency, state=state,
-            ), step):
+            ), step, envs[i].max_turns):
                 continue
             obs = chat.continuation_ids(step.messages, res.stopped, res.token_ids[-1] if res.token_ids else None)
             if len(contexts[i]) + len(obs) + 1 > cfg.max_context:
