@@ -18,6 +18,7 @@ pytestmark = pytest.mark.skipif(bwrap_path() is None, reason="bubblewrap not ins
 LIMITS = Limits(wall_s=3.0, cpu_s=2, memory_mb=256, file_mb=4, disk_mb=8, processes=16, output_bytes=8192)
 REPO = Path(__file__).resolve().parents[2]
 SECRET = "turnrl-secret-4f1c"
+AS_ROOT = os.geteuid() == 0
 
 
 @pytest.fixture(scope="module")
@@ -115,6 +116,11 @@ CASES = {
     "kill_everything": ("import os, signal\nos.kill(-1, signal.SIGKILL)\nprint('still here')", lambda r, h: None),
     "kill_own_group": ("import os, signal\nos.killpg(0, signal.SIGKILL)", stopped),
     "ptrace_parent": ("import ctypes\nlibc = ctypes.CDLL(None)\nprint('ptrace', libc.ptrace(16, {pid}, 0, 0))", lambda r, h: None if "ptrace -1" in r.stdout else pytest.fail(r.stdout)),
+    "ptrace_init": ("import ctypes\nlibc = ctypes.CDLL(None)\nprint('ptrace', libc.ptrace(16, 1, 0, 0))", lambda r, h: None if "ptrace -1" in r.stdout else pytest.fail(r.stdout)),
+    "process_vm_readv_init": ("import ctypes, os\nlibc = ctypes.CDLL(None, use_errno=True)\nbuf = ctypes.create_string_buffer(8)\n"
+                              "iov = (ctypes.c_void_p * 2)(ctypes.addressof(buf), 8)\nremote = (ctypes.c_void_p * 2)(0x400000, 8)\n"
+                              "print('read', libc.process_vm_readv(1, iov, 1, remote, 1, 0), os.strerror(ctypes.get_errno()))",
+                              lambda r, h: None if "read -1 Operation not permitted" in r.stdout else pytest.fail(r.stdout)),
     "setuid_root": ("import os\nos.setuid(0)", fails_with("PermissionError", "Operation not permitted", "Invalid argument")),
     "mount_tmpfs": ("import os\nrc = os.system('mount -t tmpfs none /usr 2>&1')\nprint('rc', rc)\nprint(os.path.exists('/usr/bin/python3'))", lambda r, h: None if "True" in r.stdout else pytest.fail(r.stdout)),
     "chroot": ("import os\nos.chroot('/tmp')", fails_with("PermissionError", "Operation not permitted")),
@@ -125,6 +131,10 @@ CASES = {
     "file_size_bomb": ("open('big', 'wb').write(b'0' * (64 << 20))", fails_with("File too large")),
     "disk_fill": ("i = 0\nwhile True:\n    open(f'f{{i}}', 'wb').write(b'0' * (3 << 20)); i += 1", fails_with("No space left", "File too large")),
     "tmp_fill": ("i = 0\nwhile True:\n    open(f'/tmp/f{{i}}', 'wb').write(b'0' * (3 << 20)); i += 1", fails_with("No space left")),
+    "fill_dev_shm": ("i = 0\nwhile True:\n    open(f'/dev/shm/f{{i}}', 'wb').write(b'0' * (3 << 20)); i += 1", fails_with("No space left")),
+    "write_dev": ("open('/dev/turnrl-pwned', 'w').write('x')", fails_with("Read-only")),
+    "many_empty_files": ("i = 0\nwhile True:\n    open(f'f{{i}}', 'w').close(); i += 1",
+                         fails_with("No space left") if AS_ROOT else lambda r, h: None),  # nr_inodes needs root
     "open_many_files": ("fs = [open('/dev/null') for _ in range(10000)]", fails_with("Too many open files")),
     "segfault": ("import ctypes\nctypes.string_at(0)", lambda r, h: r.signal == 11 or pytest.fail(str(r))),
     "abort": ("import os\nos.abort()", lambda r, h: r.signal == 6 or pytest.fail(str(r))),
@@ -208,7 +218,6 @@ def test_rlimits_fallback_warns_loudly(monkeypatch):
 
 # --- what the audit found: each program below got past an earlier version ----------------------------
 
-AS_ROOT = os.geteuid() == 0
 # Attaches to pid 1 of the run's PID namespace (bubblewrap's init, same uid), makes it clear
 # its parent-death signal, then becomes 'sleep 876543' holding stdout open.
 PTRACE_PID_1 = r'''

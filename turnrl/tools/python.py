@@ -43,4 +43,5 @@ class PythonTool(Tool):
         state["tool_calls"] = state.get("tool_calls", 0) + 1
         state["tool_seconds"] = state.get("tool_seconds", 0.0) + res.wall_s
         return ToolResult(res.observation(self.max_output_chars), valid=True,
-                          info={"exit_code": res.exit_code, "timed_out": res.timed_out, "wall_s": res.wall_s})
+                          info={"exit_code": res.exit_code, "timed_out": res.timed_out, "wall_s": res.wall_s,
+                                "memory_exceeded": res.memory_exceeded})
