@@ -266,8 +266,10 @@ def parse_overrides(args: list[str]) -> dict[str, Any]:
             parsed = value
         node = out
         parts = key[2:].split(".")
-        for p in parts[:-1]:
+        for depth, p in enumerate(parts[:-1], 1):
             node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {key}: {'.'.join(parts[:depth])} was already given a value")
         node[parts[-1]] = parsed
     return out
 

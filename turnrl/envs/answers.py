@@ -129,6 +129,6 @@ def normalize(answer: str) -> str:
     s = answer.strip().lower()
     s = re.sub(r"\s+", "", s)
     n = parse_number(s)
-    if n is not None:
+    if n is not None and math.isfinite(n):  # "inf" / "nan" replies stay text, never crash a run
         return str(int(n)) if n == int(n) else repr(n)
     return s

@@ -24,7 +24,7 @@ def resolve(name: str) -> Callable[..., Env]:
         module, _, attr = name.partition(":")
         try:
             obj = getattr(importlib.import_module(module), attr)
-        except (ImportError, AttributeError) as e:
+        except (ImportError, AttributeError, TypeError, ValueError) as e:  # e.g. '.mod' (relative), ':Cls' (empty)
             raise ValueError(f"env {name!r}: cannot import {attr!r} from {module!r} ({e})") from e
         return obj
     if name not in _REGISTRY:

@@ -166,7 +166,10 @@ class FileTasks:
         self.question_field, self.answer_field = question_field, answer_field
         self.answer_format, self.verifier, self.extractor = answer_format, verifier, extractor
         self.prompt_template = prompt_template
-        self.tasks = [self._task(line, row) for line, row in self._rows()]
+        try:
+            self.tasks = [self._task(line, row) for line, row in self._rows()]
+        except UnicodeDecodeError as e:
+            raise DataError(f"{self.path}: not UTF-8 text ({e.reason})") from None
         if limit is not None:
             self.tasks = self.tasks[:limit]
         if not self.tasks:
@@ -185,12 +188,23 @@ class FileTasks:
         elif suffix == ".csv":
             with self.path.open(encoding="utf-8", newline="") as f:
                 reader = csv.DictReader(f)
-                for row in reader:
-                    yield reader.line_num, row
+                try:
+                    for row in reader:
+                        if None in row:  # csv puts values past the header's columns under None
+                            raise DataError(f"{self.path}:{reader.line_num}: more values than the header's "
+                                            f"{len(reader.fieldnames)} columns")
+                        yield reader.line_num, row
+                except csv.Error as e:
+                    raise DataError(f"{self.path}:{reader.line_num}: {e}") from None
         elif suffix == ".parquet":
+            import pyarrow as pa
             import pyarrow.parquet as pq
 
-            for i, row in enumerate(pq.read_table(self.path).to_pylist()):
+            try:
+                table = pq.read_table(self.path)
+            except (pa.ArrowException, OSError) as e:
+                raise DataError(f"{self.path}: not a readable Parquet file ({e})") from None
+            for i, row in enumerate(table.to_pylist()):
                 yield f"row {i}", row
         else:
             raise DataError(f"{self.path}: unsupported file type {suffix!r} (use .jsonl, .csv or .parquet)")
