@@ -50,3 +50,13 @@ def test_a_checkpoint_directory_loads_for_inference(tmp_path, tokenizer):
     assert all(torch.equal(got[k], final[k]) for k in final)  # the checkpoint's weights, not the base's
     assert any(not torch.equal(got[k], start[k]) for k in start)
     assert tok.chat_template == tokenizer.chat_template
+
+
+def test_max_turns_for_an_env_class_that_takes_none_is_an_error():
+    from turnrl.config import ConfigError
+
+    cfg = load_config(None, ["--env.name", "tests.test_rollout:NeverEnds", "--env.max_turns", "5"])
+    with pytest.raises(ConfigError, match="env.max_turns would be ignored: tests.test_rollout:NeverEnds takes no "
+                                          "max_turns argument"):
+        env_factory(cfg, "train")
+    env_factory(load_config(None, ["--env.name", "tests.test_rollout:NeverEnds"]), "train")  # unset: its own 3

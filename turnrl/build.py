@@ -8,7 +8,7 @@ from typing import Callable
 import torch
 
 from turnrl.chat import ChatFormat
-from turnrl.config import ModelConfig, RunConfig
+from turnrl.config import ConfigError, ModelConfig, RunConfig
 from turnrl.engine.hf import HFEngine
 from turnrl.envs import ArithmeticTasks, FileTasks
 from turnrl.envs.base import Env
@@ -51,8 +51,12 @@ def env_factory(cfg: RunConfig, split: str, max_turns: int | None = None) -> Cal
         kwargs["tasks"] = build_tasks(cfg, split)
     if "split" in params:
         kwargs["split"] = split
-    if "max_turns" in params and turns is not None:
+    takes_turns = "max_turns" in params or any(p.kind is p.VAR_KEYWORD for p in params.values())
+    if takes_turns and turns is not None:
         kwargs["max_turns"] = turns
+    elif "max_turns" in e.model_fields_set and not takes_turns:
+        raise ConfigError(f"env.max_turns would be ignored: {e.name} takes no max_turns argument "
+                          f"(its episodes run to its own max_turns = {getattr(cls, 'max_turns', '?')})")
     return partial(cls, **kwargs)
 
 
