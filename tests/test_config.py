@@ -79,3 +79,9 @@ def test_an_option_the_algorithm_ignores_names_both(tmp_path):
 def test_unknown_mask(tmp_path):
     with pytest.raises(ConfigError, match=r"masks: unknown \['nope'\]"):
         load_config(write(tmp_path, "[algo]\nmasks = ['void', 'nope']\n"))
+
+
+def test_pass_temperature_without_pass_at_k_is_an_error():
+    with pytest.raises(ConfigError, match=r"eval: pass_temperature would be ignored: eval.pass_k is 0"):
+        load_config(None, ["--eval.pass_k", "0", "--eval.pass_temperature", "1.0"])
+    assert load_config(None, ["--eval.pass_k", "0"]).eval.pass_k == 0

@@ -189,7 +189,7 @@ class EvalConfig(Section):
 
     @model_validator(mode="after")
     def _check(self):
-        self._forbid_unless(self.pass_k > 0, ["pass_n"], "eval.pass_k is 0 (no Pass@k)")
+        self._forbid_unless(self.pass_k > 0, ["pass_n", "pass_temperature"], "eval.pass_k is 0 (no Pass@k)")
         if self.pass_n is not None and self.pass_n < self.pass_k:
             raise ValueError(f"pass_n={self.pass_n} must be >= pass_k={self.pass_k}")
         return self
