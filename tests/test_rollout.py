@@ -159,3 +159,17 @@ def test_turnrl_rollout_uses_the_retry_temperature(monkeypatch, capsys, tiny_mod
     (cfg,) = seen
     assert cfg.retry_temperature == 1.3 and cfg.sampling.temperature == 0.5
     assert RolloutConfig.from_section(load_config(None, ["--rollout.retry_temperature", "0.9"]).rollout, 0).retry_temperature == 0.9
+
+
+def test_picking_episodes_by_correctness_needs_an_env_that_reports_it(tiny_model, tokenizer, chat):
+    import pytest
+
+    from turnrl.config import ConfigError
+    from turnrl.rollout import require_correct
+
+    eng = HFEngine(tiny_model, chat.stop_ids, tokenizer.pad_token_id)
+    cfg = RolloutConfig(SamplingParams(temperature=1.0, max_new_tokens=2, seed=0))
+    never = collect([NeverEnds()], [0], [0], eng, chat, cfg)
+    with pytest.raises(ConfigError, match="rollout.rise_groups needs an env that reports Step.correct; env 'never'"):
+        require_correct(never, "rollout.rise_groups", "never")
+    require_correct(collect([RetryEnv([TASK], max_turns=1)], [0], [0], eng, chat, cfg), "rollout.rise_groups", "retry")

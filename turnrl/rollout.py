@@ -7,6 +7,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 
 from turnrl.chat import ChatFormat
+from turnrl.config import ConfigError
 from turnrl.engine.base import Engine, GenRequest, SamplingParams
 from turnrl.envs.base import Env, env_call
 from turnrl.types import Episode, Message, Step, Turn
@@ -46,6 +47,17 @@ def add_turn(ep: Episode, turn: Turn, step: Step, max_turns: int | None = None) 
         ep.truncated, ep.truncated_by = True, "max_turns"
         return True
     return False
+
+
+def require_correct(eps: list[Episode], setting: str, env_name: str) -> None:
+    """``setting`` (e.g. ``rollout.rise_groups``) picks episodes by whether a turn was
+    right: one :class:`ConfigError` line when the env reports no ``Step.correct`` (None:
+    it has no notion of a right answer), instead of silently doing nothing."""
+    for ep in eps:
+        live = ep.live_turns
+        if live and live[0].info.get("correct") is None:
+            raise ConfigError(f"{setting} needs an env that reports Step.correct; env {env_name!r} reports None "
+                              "(no notion of a right answer): set it to 0 or use an env with a checkable answer")
 
 
 def step_envs(envs: list[Env], actions: list[str], seeds: list[int] | None = None, turn: int = 0) -> list[Step]:
