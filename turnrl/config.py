@@ -185,6 +185,9 @@ class EvalConfig(Section):
     max_new_tokens: int | None = Field(None, ge=1, description="per-turn limit in eval (default: rollout's)")
     batch_size: int = Field(64, ge=1, description="episodes per generate batch")
     before: bool = Field(True, description="evaluate the initial model too")
+    collapse_sample: int = Field(32, ge=0, description="episodes (distinct first prompts, in seed order) scored "
+                                                       "all-against-all for the template-collapse diagnostic "
+                                                       "(built-in engine only); 0 = off")
 
 
     @model_validator(mode="after")

@@ -15,6 +15,7 @@ import numpy as np
 
 from turnrl.build import env_factory, episode_turns, seed_offset
 from turnrl.config import RunConfig
+from turnrl.diagnostics import check_collapse_config, collapse_metrics, model_of
 from turnrl.engine.base import SamplingParams
 from turnrl.envs.base import Env
 from turnrl.metrics import bootstrap_ci, episode_intervals, episode_metrics, pass_at_k
@@ -53,6 +54,7 @@ def evaluate(runner: Runner, cfg: RunConfig, step: int | None = None) -> EvalRes
     """Multi-turn episodes on the eval seeds (greedy by default) and, if
     ``eval.pass_k > 0``, ``pass_k`` single-attempt samples per task for Pass@k."""
     ev = cfg.eval
+    check_collapse_config(runner, ev)
     t0 = time.time()
     seeds = eval_seeds(cfg)
     max_new = ev.max_new_tokens or cfg.rollout.max_new_tokens
@@ -96,4 +98,8 @@ def evaluate(runner: Runner, cfg: RunConfig, step: int | None = None) -> EvalRes
         "task": cfg.task.model_dump(mode="json") if cfg.env.name == "retry" else None,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
+    # template-collapse diagnostic (RAGEN-2); its time is in collapse_seconds, not eval_seconds
+    c_metrics, c_intervals, meta["collapse"] = collapse_metrics(scored, model_of(runner), ev.collapse_sample)
+    metrics.update(c_metrics)
+    intervals.update(c_intervals)
     return EvalResult(metrics, intervals, meta, [episode_record(e, tok) for e in episodes])

@@ -151,3 +151,21 @@ def test_malformed_run_directories_name_what_is_missing(tmp_path, run_dir):
     (run_dir / "metrics.jsonl").write_text('{"split": "train", "step": 1}\n{"step": 2}\n')
     with pytest.raises(ResultsError, match=r"metrics.jsonl:2: a metrics row has no 'split'"):
         build_report(run_dir)
+
+
+def test_report_rows_of_the_collapse_diagnostic(tmp_path):
+    from turnrl.diagnostics import collapse_metrics
+
+    r = result()
+    m, _, meta = collapse_metrics(EPISODES, None, 32)  # first answers 9, 3, 4, (text), 1: top share 1/5
+    r.metrics.update(m, retrieval_accuracy=0.75, mi_proxy=1.25, reply_entropy=2.5)
+    r.intervals.update(retrieval_accuracy=(0.5, 1.0))
+    r.meta["collapse"] = meta
+    r.save(tmp_path / "run" / "evals" / "step_000003")
+    result(EPISODES[:3], step=0).save(tmp_path / "run" / "evals" / "step_000000")  # no diagnostic: dashes
+    page = build_report(tmp_path / "run")
+    md = (tmp_path / "run" / "report" / "report.md").read_text()
+    head = md.splitlines()[2]
+    assert head.endswith("| retrieval acc. | MI proxy (nats) | reply entropy | top first answer |")
+    assert "| 0.750 [0.500, 1.000] | 1.250 | 2.500 | 0.200 |" in md and "| – | – | – | – |" in md
+    assert "<th>MI proxy (nats)</th>" in page.read_text()

@@ -17,7 +17,10 @@ from turnrl.results import EvalResult, ResultsError, find_evals, load_eval
 COLUMNS = [("succ@1", "Succ@1"), ("succ@K", "Succ@K"), ("pass@k", "Pass@k"), ("self_correction_rate", "self-correction"),
            ("answer_change_rate", "answer change"), ("repeated_answer_rate", "repeated answer"),
            ("invalid_format_rate", "invalid format"), ("mean_attempts_to_solve", "attempts to solve"),
-           ("tokens_per_episode", "tokens / ep"), ("latency_s_per_episode", "latency s / ep")]
+           ("tokens_per_episode", "tokens / ep"), ("latency_s_per_episode", "latency s / ep"),
+           # template collapse (RAGEN-2, turnrl.diagnostics)
+           ("retrieval_accuracy", "retrieval acc."), ("mi_proxy", "MI proxy (nats)"),
+           ("reply_entropy", "reply entropy"), ("top_first_answer_share", "top first answer")]
 
 
 def _key(r: EvalResult, key: str) -> str:

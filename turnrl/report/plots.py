@@ -57,8 +57,9 @@ def training_curves(rows: list[dict], path: Path) -> Path | None:
         (axes[0, 0], train, [("reward", "mean episode reward")], "training reward"),
         (axes[0, 1], train, [("succ@1", "Succ@1"), (_last_succ(train), "Succ@K")], "training success (sampled)"),
         (axes[1, 0], train, [("loss", "loss"), ("kl", "KL to reference")], "update"),
-        (axes[1, 1], evals, [("succ@1", "Succ@1"), (_last_succ(evals), "Succ@K"), ("pass@1", "Pass@1")],
-         "held-out eval"),
+        (axes[1, 1], evals, [("succ@1", "Succ@1"), (_last_succ(evals), "Succ@K"), ("pass@1", "Pass@1"),
+                             ("retrieval_accuracy", "retrieval acc. (collapse)"),
+                             ("top_first_answer_share", "top first answer")], "held-out eval"),
     ]
     for ax, data, series, title in panels:
         for j, (key, label) in enumerate(series):
