@@ -52,6 +52,46 @@ def test_a_checkpoint_directory_loads_for_inference(tmp_path, tokenizer):
     assert tok.chat_template == tokenizer.chat_template
 
 
+def _jsonl(path, questions):
+    import json
+
+    path.write_text("".join(json.dumps({"question": q, "answer": str(i)}) + "\n" for i, q in enumerate(questions)))
+    return str(path)
+
+
+def test_eval_path_evaluates_on_its_own_file_less_questions_the_training_file_asks(tmp_path):
+    train = _jsonl(tmp_path / "train.jsonl", ["q1", "q2", "q3"])
+    test = _jsonl(tmp_path / "test.jsonl", ["t1", "q2", "t2"])  # q2 is a training question too
+    cfg = load_config(None, ["--task.source", "file", "--task.path", train, "--task.eval_path", test])
+    tr, ev = env_factory(cfg, "train")(), env_factory(cfg, "eval")()
+    assert [tr.tasks[i].question for i in range(len(tr.tasks))] == ["q1", "q2", "q3"]  # the whole training file
+    assert [ev.tasks[i].question for i in range(len(ev.tasks))] == ["t1", "t2"] and ev.tasks.dropped == 1
+    from turnrl.config import ConfigError
+
+    with pytest.raises(ConfigError, match="eval_size would be ignored: task.eval_path is set"):
+        load_config(None, ["--task.source", "file", "--task.path", train, "--task.eval_path", test, "--task.eval_size", "1"])
+
+
+def test_a_question_repeated_in_the_file_never_lands_in_both_splits(tmp_path):
+    path = _jsonl(tmp_path / "d.jsonl", ["a", "b", "c", "d", "e", "f"] + ["a", "b", "c", "d", "e", "f"])
+    cfg = load_config(None, ["--task.source", "file", "--task.path", path, "--task.eval_size", "3"])
+    tr, ev = env_factory(cfg, "train")().tasks, env_factory(cfg, "eval")().tasks
+    held = {ev[i].question for i in range(len(ev))}
+    assert len(ev) == 3 and all(tr[i].question not in held for i in range(len(tr)))
+    assert len(tr) + tr.dropped == 9 and tr.dropped >= 1  # 9 non-eval rows; the copies of eval questions dropped
+
+
+def test_games_get_their_split_and_eval_seeds_from_zero():
+    from turnrl.build import seed_offset
+
+    cfg = load_config(ROOT / "configs" / "guess_number.toml")
+    ev = env_factory(cfg, "eval")()
+    assert ev.split == "eval" and (ev.low, ev.high, ev.max_turns) == (1, 100, 7) and ev.num_instances() == 50
+    assert seed_offset(cfg, "eval") == 0
+    custom = load_config(None, ["--env.name", "tests.envs.test_check:Coin"])
+    assert seed_offset(custom, "eval") == 0  # Coin takes split
+
+
 def test_max_turns_for_an_env_class_that_takes_none_is_an_error():
     from turnrl.config import ConfigError
 

@@ -43,13 +43,13 @@ def test_episode_metrics_retry_accuracy_and_attempts():
 
 def test_turn_level_rates_by_hand():
     eps = [
-        ep(["1", "2"], 2),  # corrected at turn 2: 1 correction of 1 wrong turn, answer changed
-        ep(["4", "4", "4"]),  # 2 wrong turns followed by another, no change, 2 repeats
-        ep([None, "5", "5"]),  # 2 wrong turns followed; change counted only for 5 -> 5; 1 repeat of 2
+        ep(["1", "2"], 2),  # wrong at attempt 1, solved later: a self-correction; answer changed
+        ep(["4", "4", "4"]),  # wrong at attempt 1, never solved; no change, 2 repeats
+        ep([None, "5", "5"]),  # wrong (invalid) at attempt 1, never solved; change counted only for 5 -> 5
         ep(["7"], 1),  # solved at once: in no denominator but invalid_format's
     ]
     m = episode_metrics(eps, 3)
-    assert m["self_correction_rate"] == pytest.approx(1 / 5)
+    assert m["self_correction_rate"] == pytest.approx(1 / 3)  # episodes: 1 of the 3 wrong at attempt 1
     assert m["answer_change_rate"] == pytest.approx(1 / 4)
     assert m["repeated_answer_rate"] == pytest.approx(3 / 5)
     assert m["invalid_format_rate"] == pytest.approx(1 / 9)
@@ -87,3 +87,11 @@ def test_episode_intervals_bracket_the_point_estimates():
     m, ci = episode_metrics(eps, 3), episode_intervals(eps, 3)
     for key in ("succ@1", "succ@3", "self_correction_rate", "repeated_answer_rate"):
         assert ci[key][0] <= m[key] <= ci[key][1], key
+
+
+def test_self_correction_counts_episodes_and_retry_accuracy_counts_retry_turns():
+    # episodes that stop at their first right answer: the two rates once were one number
+    eps = [ep(["1", "2", "3"], 3), ep(["4", "5"]), ep(["6"], 1)]
+    m = episode_metrics(eps, 3)
+    assert m["self_correction_rate"] == pytest.approx(1 / 2)  # of 2 episodes wrong at attempt 1, 1 solved later
+    assert m["retry_accuracy"] == pytest.approx(1 / 3)  # of 3 retry turns ("2", "3", "5"), 1 right

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import inspect
+import threading
 from functools import lru_cache, partial
 from typing import Callable
 
@@ -13,9 +14,12 @@ from turnrl.engine.hf import HFEngine
 from turnrl.envs import ArithmeticTasks, FileTasks
 from turnrl.envs.base import Env
 from turnrl.envs.registry import resolve, uses_tasks
-from turnrl.envs.tasks import split_tasks
+from turnrl.envs.feedback import FeedbackEnv, ModelUser, RuleBasedUser, UserSimulator
+from turnrl.envs.tasks import held_out_file, split_tasks
 
-EVAL_SEED_OFFSET = 10**9  # custom envs: eval seeds start here; train seeds start at 0
+#: envs that take no ``split`` argument (and no task source) have no held-out instances
+#: of their own: their eval seeds start here, so at least the seeds differ.
+EVAL_SEED_OFFSET = 10**9
 
 
 def build_tasks(cfg: RunConfig, split: str):
@@ -23,7 +27,10 @@ def build_tasks(cfg: RunConfig, split: str):
     if t.source == "arithmetic":
         return ArithmeticTasks(split, digits=t.digits, operators=t.operators, operands=t.operands,
                                multiple_choice=t.multiple_choice, num_choices=t.num_choices, seed=t.seed)
-    source = _load_file(t.path, t.question_field, t.answer_field, t.answer_format, t.verifier, t.extractor, t.prompt_template)
+    fields = (t.question_field, t.answer_field, t.answer_format, t.verifier, t.extractor, t.prompt_template)
+    source = _load_file(t.path, *fields)
+    if t.eval_path:  # train on one file, evaluate on another less what the training file also asks
+        return source if split == "train" else held_out_file(source, _load_file(t.eval_path, *fields))
     return split_tasks(source, split, t.eval_size, seed=t.seed)
 
 
@@ -57,7 +64,36 @@ def env_factory(cfg: RunConfig, split: str, max_turns: int | None = None) -> Cal
     elif "max_turns" in e.model_fields_set and not takes_turns:
         raise ConfigError(f"env.max_turns would be ignored: {e.name} takes no max_turns argument "
                           f"(its episodes run to its own max_turns = {getattr(cls, 'max_turns', '?')})")
+    if isinstance(cls, type) and issubclass(cls, FeedbackEnv) and isinstance(kwargs.get("user"), str):
+        kwargs["user"] = build_user(kwargs["user"], kwargs.pop("persona", "a patient teacher"),
+                                    kwargs.pop("user_seed", 0))
     return partial(cls, **kwargs)
+
+
+def build_user(spec: str, persona: str = "a patient teacher", seed: int = 0) -> UserSimulator:
+    """A simulated user: ``"rule"``; ``"http(s)://host/v1#model"`` (an OpenAI-compatible
+    endpoint); or a model for the built-in engine (``"smollm2-135m"``, a directory, a hub
+    id), loaded once per process and shared by every env that asks for it."""
+    if spec == "rule":
+        return RuleBasedUser(persona, seed)
+    return ModelUser(_user_backend(spec), persona, seed)
+
+
+_user_backends: dict[str, object] = {}
+_user_backends_lock = threading.Lock()
+
+
+def _user_backend(spec: str):
+    with _user_backends_lock:
+        if spec not in _user_backends:
+            if spec.startswith(("http://", "https://")):
+                from turnrl.endpoint import ChatEndpoint
+
+                url, _, name = spec.partition("#")
+                _user_backends[spec] = ChatEndpoint(url, name or None)
+            else:
+                _user_backends[spec] = build_engine(*load_for_inference(spec))
+        return _user_backends[spec]
 
 
 def _configured_turns(cfg: RunConfig) -> int | None:
@@ -71,10 +107,17 @@ def episode_turns(cfg: RunConfig) -> int:
     return _configured_turns(cfg) or env_factory(cfg, "eval")().max_turns
 
 
+def has_split(cfg: RunConfig) -> bool:
+    """Whether the env holds its own disjoint train / eval instances: it is fed by a task
+    source (split by the source) or its class takes ``split``."""
+    cls = resolve(cfg.env.name)
+    return uses_tasks(cfg.env.name) or (isinstance(cls, type) and "split" in inspect.signature(cls).parameters)
+
+
 def seed_offset(cfg: RunConfig, split: str) -> int:
-    """Envs fed by a task source have disjoint train / eval task sets, so their eval seeds
-    start at 0 like train seeds; other envs' eval seeds start at EVAL_SEED_OFFSET."""
-    return EVAL_SEED_OFFSET if (split == "eval" and not uses_tasks(cfg.env.name)) else 0
+    """Eval seeds start at 0 for envs with a split of their own; an env without one gets
+    eval seeds from EVAL_SEED_OFFSET (different seeds; the instances may still repeat)."""
+    return EVAL_SEED_OFFSET if (split == "eval" and not has_split(cfg)) else 0
 
 
 def build_policy(cfg: RunConfig):

@@ -127,15 +127,25 @@ def _dispatch(args, rest: list[str]) -> int:
             print(describe_env(name, factory))
         return 0
     if args.cmd == "check-env":
-        from turnrl.build import env_factory
-        from turnrl.envs import EnvCheckError, check_env
+        import warnings
+
+        from turnrl.build import env_factory, has_split
+        from turnrl.envs import EnvCheckError, check_env, check_split
 
         cfg = load_config(args.config, ["--env.name", args.env, *rest])
         try:
-            check_env(env_factory(cfg, "train")())
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # the notes are printed below
+                notes = check_env(env_factory(cfg, "train")())
+            if has_split(cfg):
+                notes.append(check_split(env_factory(cfg, "train"), env_factory(cfg, "eval")))
+            else:
+                notes.append("the env class takes no 'split': its eval seeds start at 10**9, its instances may repeat")
         except EnvCheckError as e:
             print(f"{args.env}: FAILED: {e}", file=sys.stderr)
             return 1
+        for note in notes:
+            print(f"{args.env}: note: {note}")
         print(f"{args.env}: ok")
         return 0
     if args.cmd == "serve":
@@ -199,6 +209,16 @@ def _runner(spec: str, cfg, args):
     return EngineRunner(engine, chat, name=spec)
 
 
+def held_out_line(meta: dict) -> str:
+    """What the held-out set was: episodes, distinct instances, how Pass@k was drawn."""
+    size = meta.get("split_instances")
+    line = (f"held-out: {len(meta['seeds'])} episodes on {meta.get('distinct_instances')} distinct instances"
+            f"{f' (of {size} in the eval split)' if size else ''}, {meta.get('held_out')}")
+    if meta.get("pass_k"):
+        line += f"; Pass@{meta['pass_k']} from {meta.get('pass_n')} samples per task"
+    return line
+
+
 def _eval(args, cfg) -> int:
     from turnrl.build import env_factory
     from turnrl.evaluate import evaluate
@@ -220,6 +240,7 @@ def _eval(args, cfg) -> int:
         result = evaluate(_runner(spec, cfg, args), cfg)
         result.save(out / f"{i}-{_slug(spec)}" if args.compare else out)
         results.append((spec, result))
+        print(held_out_line(result.meta), file=sys.stderr)
         err = int(result.metrics.get("errored_episodes", 0))
         if err:
             print(f"warning: {err} episodes of {spec} failed at the endpoint and were left out of its metrics", file=sys.stderr)

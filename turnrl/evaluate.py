@@ -13,11 +13,11 @@ from typing import Callable, Protocol
 
 import numpy as np
 
-from turnrl.build import env_factory, episode_turns, seed_offset
+from turnrl.build import env_factory, episode_turns, has_split, seed_offset
 from turnrl.config import RunConfig
 from turnrl.diagnostics import check_collapse_config, collapse_metrics, model_of
 from turnrl.engine.base import SamplingParams
-from turnrl.envs.base import Env
+from turnrl.envs.base import Env, env_call
 from turnrl.metrics import bootstrap_ci, episode_intervals, episode_metrics, pass_at_k
 from turnrl.results import EvalResult, episode_record
 from turnrl.rollout import RolloutConfig, collect
@@ -50,9 +50,23 @@ def eval_seeds(cfg: RunConfig) -> list[int]:
     return [seed_offset(cfg, "eval") + i for i in range(cfg.eval.num_tasks)]
 
 
+def distinct_instances(make_env: Callable[[], Env], seeds: list[int]) -> tuple[int, str]:
+    """How many distinct instances ``seeds`` play, and by what key: the env's
+    ``instance()``, or (where it returns None) the opening messages."""
+    env, keys, by = make_env(), set(), "instance"
+    for s in seeds:
+        opening = env_call(env, s, None)
+        key = getattr(env, "instance", lambda: None)()
+        if key is None:
+            key, by = tuple((m.role, m.content) for m in opening), "opening"
+        keys.add(key)
+    return len(keys), by
+
+
 def evaluate(runner: Runner, cfg: RunConfig, step: int | None = None) -> EvalResult:
     """Multi-turn episodes on the eval seeds (greedy by default) and, if
-    ``eval.pass_k > 0``, ``pass_k`` single-attempt samples per task for Pass@k."""
+    ``eval.pass_k > 0``, ``eval.pass_samples`` (n >= k) single-attempt samples per task
+    for the unbiased Pass@k estimator."""
     ev = cfg.eval
     check_collapse_config(runner, ev)
     t0 = time.time()
@@ -60,7 +74,12 @@ def evaluate(runner: Runner, cfg: RunConfig, step: int | None = None) -> EvalRes
     max_new = ev.max_new_tokens or cfg.rollout.max_new_tokens
     sp = SamplingParams(temperature=ev.temperature, max_new_tokens=max_new, seed=cfg.train.seed + 7)
     rcfg = RolloutConfig(sp, max_context=cfg.rollout.max_context)
-    episodes = runner.run(env_factory(cfg, "eval"), seeds, rcfg, ev.batch_size)
+    make_env = env_factory(cfg, "eval")
+    distinct, distinct_by = distinct_instances(make_env, seeds)
+    probe = make_env()
+    split_size = getattr(probe, "num_instances", lambda: None)()
+    dropped = getattr(getattr(probe, "tasks", None), "dropped", None)  # eval questions also in the training file
+    episodes = runner.run(make_env, seeds, rcfg, ev.batch_size)
     errored = [e for e in episodes if e.info.get("error")]
     scored = [e for e in episodes if not e.info.get("error")]  # endpoint failures are not the policy's
     turns = episode_turns(cfg)
@@ -68,14 +87,17 @@ def evaluate(runner: Runner, cfg: RunConfig, step: int | None = None) -> EvalRes
     intervals = episode_intervals(scored, turns)
     metrics["episodes"] = float(len(scored))
     metrics["errored_episodes"] = float(len(errored))
+    metrics["distinct_instances"] = float(distinct)
+    n = ev.pass_samples if ev.pass_k > 0 else 0
     if ev.pass_k > 0:
-        # k independent single-attempt samples per task, side by side in one batch, so
-        # the engine encodes each prompt once (Pass@k baseline of UFO, arXiv 2507.14295)
+        # n >= k independent single-attempt samples per task, side by side in one batch, so
+        # the engine encodes each prompt once (Pass@k baseline of UFO, arXiv 2507.14295);
+        # with n > k the unbiased estimator is more than "any of k" (Chen et al. 2021)
         k = ev.pass_k
         rc = RolloutConfig(replace(sp, temperature=ev.pass_temperature, seed=cfg.train.seed + 100),
                            max_context=cfg.rollout.max_context)
-        repeated = [s for s in seeds for _ in range(k)]
-        per_batch = max(k, ev.batch_size // k * k)
+        repeated = [s for s in seeds for _ in range(n)]
+        per_batch = max(n, ev.batch_size // n * n)
         samples = runner.run(env_factory(cfg, "eval", max_turns=1), repeated, rc, per_batch)
         correct, tried = {s: 0 for s in seeds}, {s: 0 for s in seeds}
         for ep, s in zip(samples, repeated):
@@ -94,7 +116,11 @@ def evaluate(runner: Runner, cfg: RunConfig, step: int | None = None) -> EvalRes
     meta = {
         "model": runner.name, "env": cfg.env.name, "split": "eval", "seeds": seeds,
         "max_turns": turns, "step": step, "temperature": ev.temperature,
-        "max_new_tokens": max_new, "pass_k": ev.pass_k, "pass_temperature": ev.pass_temperature,
+        "max_new_tokens": max_new, "pass_k": ev.pass_k, "pass_n": n, "pass_temperature": ev.pass_temperature,
+        "distinct_instances": distinct, "distinct_by": distinct_by, "split_instances": split_size,
+        "held_out": "env split" if has_split(cfg) else f"seed offset {seed_offset(cfg, 'eval')} (the env takes no split)",
+        "eval_dropped_as_in_train": dropped,
+        "reports_correct": any(t.info.get("correct") is not None for e in scored for t in e.live_turns),
         "task": cfg.task.model_dump(mode="json") if cfg.env.name == "retry" else None,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }

@@ -1,7 +1,8 @@
 """Turn-level metrics of multi-attempt episodes (UFO, arXiv 2507.14295).
 
-Every function reads only what any env reports: the ``correct`` / ``valid`` / ``answer``
-keys of a turn's ``info`` and the turn flags. Rates say in their docstring what they
+Every function reads only what any env reports: the ``Step.correct`` / ``valid`` /
+``answer`` fields, which the rollout writes into each turn's record (``Turn.info``)
+under those names, and the turn flags. Rates say in their docstring what they
 count over; a rate with an empty denominator is 0.0.
 """
 from __future__ import annotations
@@ -49,6 +50,7 @@ def turn_counts(ep: Episode) -> dict[str, tuple[int, int]]:
     over episodes and bootstrap by resampling episodes."""
     turns = ep.live_turns
     wrong_then = [(a, b) for a, b in zip(turns, turns[1:]) if not a.info.get("correct")]
+    retried = len(turns) > 1 and not turns[0].info.get("correct")
     changed = [(x, y) for x, y in ((_answer(a), _answer(b)) for a, b in wrong_then) if x is not None and y is not None]
     seen: set[str] = set()
     repeats = later = 0
@@ -61,14 +63,16 @@ def turn_counts(ep: Episode) -> dict[str, tuple[int, int]]:
             repeats += a in seen
         seen.add(a)
     return {
-        # wrong at turn t, right at t+1 (over wrong turns that got another attempt)
-        "self_correction_rate": (sum(1 for _, b in wrong_then if b.info.get("correct")), len(wrong_then)),
+        # episodes wrong at attempt 1 and solved at a later attempt (over episodes wrong at
+        # attempt 1 that got a second attempt)
+        "self_correction_rate": (int(retried and solved_at(ep) is not None), int(retried)),
         # a different answer after feedback (over wrong turns followed by a turn, both with valid answers)
         "answer_change_rate": (sum(1 for x, y in changed if x != y), len(changed)),
         # an answer already given earlier in the episode (over valid answers at attempt >= 2)
         "repeated_answer_rate": (repeats, later),
         # turns the env found no parseable answer in (over all live turns)
         "invalid_format_rate": (sum(1 for t in turns if t.void), len(turns)),
+        # retry turns (attempt >= 2) that are right (over retry turns)
         "retry_accuracy": (sum(1 for t in turns[1:] if t.info.get("correct")), len(turns) - 1 if turns else 0),
         "cut_by_length_rate": (sum(1 for t in turns if t.cut_by_length), len(turns)),
     }

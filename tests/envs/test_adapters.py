@@ -32,10 +32,10 @@ def test_gymnasium_frozen_lake_by_hand():
     msgs = e.reset(0)
     assert "@FFF\nFHFH\nFFFH\nHFFG" in msgs[1].content
     s = e.step("I will go right")
-    assert "S@FF" in s.messages[0].content and s.info["answer"] == "right"
-    assert e.step("3").info["answer"] == "up"  # an action number works too
-    assert e.step("jump").info["valid"] is False
+    assert "S@FF" in s.messages[0].content and s.answer == "right"
+    assert e.step("3").answer == "up"  # an action number works too
+    assert e.step("jump").valid is False
     for a in ("left", "down", "down", "right", "right", "down", "right"):  # around the holes
         s = e.step(a)
-    assert s.terminated and s.reward == 1.0 and s.info["correct"]
+    assert s.terminated and s.reward == 1.0 and s.correct
     assert render_text("\x1b[41mS\x1b[0mF\x1b[1mH") == "@FH"

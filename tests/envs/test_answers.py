@@ -75,7 +75,7 @@ def test_every_option_of_a_five_to_eight_way_question_can_be_answered(num_choice
         env = RetryEnv([task])
         env.reset(0)
         s = env.step(f"The answer is {task.answer}.")
-        assert s.info["valid"] and s.info["correct"], (task.question, task.answer)
+        assert s.valid and s.correct, (task.question, task.answer)
         seen.add(task.answer)
     assert seen & set(letters[4:])  # options E.. were the right answer at least once
 
@@ -84,7 +84,7 @@ def test_file_choice_task_reads_the_options_labelled_in_its_question():
     q = "Which is prime?\nA) 4\nB) 6\nC) 8\nD) 9\nE) 10\nF) 11\nAnswer with the letter."
     env = RetryEnv([Task("f", q, "F", "choice", "choice")])
     env.reset(0)
-    assert env.step("F").info["correct"]
+    assert env.step("F").correct
     env = RetryEnv([Task("f", "Which is prime?\nA) 4\nB) 5\nC) 8\nD) 9", "B", "choice", "choice")])
     env.reset(0)
-    assert not env.step("G").info["valid"]  # G is no option of this question
+    assert not env.step("G").valid  # G is no option of this question

@@ -50,15 +50,15 @@ def test_penalties_can_be_switched_off_and_feedback_changed():
 
 def test_rewritten_question_is_a_format_failure():
     (s, *_rest) = run(["2 + 4 = 6", "2 + 3 = 5"])
-    assert s.info["reason"] == "rewrote_question" and not s.info["valid"] and s.reward == pytest.approx(-0.1)
-    assert _rest[0].info["correct"]
+    assert s.info["reason"] == "rewrote_question" and not s.valid and s.reward == pytest.approx(-0.1)
+    assert _rest[0].correct
 
 
 def test_choice_answer_by_value_maps_to_its_letter():
     t = Task("m", "q", "B", "choice", "choice", choices=("10", "11", "12", "13"))
     env = RetryEnv([t])
     env.reset(0)
-    assert env.step("11").info["correct"]
+    assert env.step("11").correct
 
 
 def test_retry_env_passes_check_env():

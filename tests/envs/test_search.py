@@ -27,16 +27,16 @@ def test_answer_matching():
 def test_void_and_empty_queries():
     e = SearchEnv()
     e.reset(0)
-    assert e.step("I do not know").info["valid"] is False
+    assert e.step("I do not know").valid is False
     assert e.step("<search>the of</search>").messages[0].content == "No documents found."
 
 
 def test_splits_are_disjoint_and_the_reference_player_solves_all():
     train, ev = SearchEnv("train"), SearchEnv("eval")
     assert {q["id"] for q in train.questions}.isdisjoint(q["id"] for q in ev.questions)
-    assert (train.num_tasks(), ev.num_tasks()) == (24, 12)
+    assert (train.num_instances(), ev.num_instances()) == (24, 12)
     for env in (train, ev):
-        rs = [play(env, TemplatePlayer, s) for s in range(env.num_tasks())]
+        rs = [play(env, TemplatePlayer, s) for s in range(env.num_instances())]
         assert all(r.solved and r.turns == 3 for r in rs)
     check_env(ev)
 

@@ -19,9 +19,9 @@ def test_code_then_boxed_answer_by_hand():
     assert msgs[0].role == "system" and msgs[1].content == "What is 530 + 307? Answer with just the number."
     s = e.step("Let me compute.\n```python\nprint(530 + 307)\n```")
     assert (s.reward, s.terminated, s.truncated) == (0.0, False, False)
-    assert s.messages[0].content == "```output\n837\n```" and s.info["kind"] == "code" and s.info["valid"]
+    assert s.messages[0].content == "```output\n837\n```" and s.info["kind"] == "code" and s.valid
     s = e.step("So the answer is \\boxed{837}.")
-    assert (s.reward, s.terminated, s.info["correct"]) == (1.0, True, True)
+    assert (s.reward, s.terminated, s.correct) == (1.0, True, True)
 
 
 def test_interpreter_state_carries_over_between_turns():
@@ -36,7 +36,7 @@ def test_void_turn_ends_the_episode_and_is_flagged():
     e = env()
     e.reset(1)
     s = e.step("I think it is about a thousand.")
-    assert s.terminated and s.reward == 0.0 and s.info["valid"] is False and s.info["kind"] == "void"
+    assert s.terminated and s.reward == 0.0 and s.valid is False and s.info["kind"] == "void"
 
 
 def test_wrong_answer_errors_and_turn_cap():
@@ -87,7 +87,7 @@ def test_void_turn_without_ending_gets_a_nudge():
     e = env(end_on_void=False, max_turns=2)
     e.reset(1)
     s = e.step("no idea")
-    assert not (s.terminated or s.truncated) and s.info["valid"] is False
+    assert not (s.terminated or s.truncated) and s.valid is False
     assert s.messages[0].content == "Write a ```python block to run code, or give your final answer as \\boxed{...}."
     s = e.step("still no idea")
     assert s.truncated and s.messages == []

@@ -1,5 +1,5 @@
-from turnrl.envs.base import Env
-from turnrl.envs.check import EnvCheckError, check_env
+from turnrl.envs.base import Env, EnvStepError
+from turnrl.envs.check import EnvCheckError, check_env, check_split
 from turnrl.envs.registry import make, register, registered, resolve
 from turnrl.envs.retry import RetryEnv
 from turnrl.envs.tasks import ArithmeticTasks, DataError, FileTasks, Task
@@ -23,6 +23,6 @@ register("wilt", WILTEnv)
 register("textarena", TextArenaEnv)
 register("gym", GymTextEnv)
 
-__all__ = ["Env", "RetryEnv", "TIREnv", "FeedbackEnv", "SearchEnv", "UserSimulator", "RuleBasedUser", "ModelUser",
+__all__ = ["Env", "EnvStepError", "RetryEnv", "TIREnv", "FeedbackEnv", "SearchEnv", "UserSimulator", "RuleBasedUser", "ModelUser",
            "TextArenaEnv", "GymTextEnv", "GuessNumberEnv", "WordleEnv", "MazeEnv", "FrozenLakeEnv", "TwentyQuestionsEnv", "WILTEnv", "Task", "ArithmeticTasks", "FileTasks", "DataError", "check_env",
-           "EnvCheckError", "make", "register", "registered", "resolve"]
+           "check_split", "EnvCheckError", "make", "register", "registered", "resolve"]

@@ -6,8 +6,21 @@ import contextlib
 import io
 import re
 
-from turnrl.envs.base import Env
+from turnrl.envs.base import Env, check_split
 from turnrl.types import Message, Step
+
+#: The adapted libraries draw each instance from their own seed, so the split is by seed
+#: ranges: train seeds are ``0 .. EVAL_SEEDS - 1``, eval seed ``i`` plays the library's
+#: seed ``EVAL_SEEDS + i``. Disjoint seeds, not verified disjoint instances: a library
+#: whose instance ignores the seed (Gymnasium's FrozenLake-v1 has one fixed map) plays
+#: the same instance in both splits, and evaluation's distinct-instance count shows it.
+EVAL_SEEDS = 10**9
+
+
+def library_seed(split: str, seed: int) -> int:
+    if not 0 <= seed < EVAL_SEEDS:
+        raise ValueError(f"seed {seed} is outside 0..{EVAL_SEEDS - 1} (the {split} split's range)")
+    return seed + EVAL_SEEDS if split == "eval" else seed
 
 # Single-player TextArena games that run offline (checked with check_env in the tests).
 # Word games (Wordle, Hangman, WordLadder, SpellingBee, WordSearch) download NLTK's word
@@ -22,7 +35,8 @@ class TextArenaEnv(Env):
     """A TextArena single-player game. Reward: the game's own at the end (1 win, -1 or 0
     loss, fractions for partial credit); ``correct`` when it is positive."""
 
-    def __init__(self, game: str = "GuessTheNumber-v0", max_turns: int = 30):
+    def __init__(self, game: str = "GuessTheNumber-v0", max_turns: int = 30, split: str = "train"):
+        self.split = check_split(split)
         if game not in TEXTARENA_OFFLINE:
             raise ValueError(f"TextArena game {game!r} is not supported offline (it downloads data or calls a hosted "
                              f"model); supported: {', '.join(TEXTARENA_OFFLINE)}")
@@ -41,7 +55,7 @@ class TextArenaEnv(Env):
         import textarena as ta
 
         self.env = self._quiet(ta.make, self.game)
-        self._quiet(self.env.reset, num_players=1, seed=seed)
+        self._quiet(self.env.reset, num_players=1, seed=library_seed(self.split, seed))
         self.turn = 0
         _, obs = self.env.get_observation()
         self.shown = _text(obs)
@@ -61,16 +75,16 @@ class TextArenaEnv(Env):
         try:
             done, info = self._quiet(self.env.step, action=action)
         except Exception as e:  # noqa: BLE001 - a game that chokes on model output ends the episode, not the run
-            return Step([], 0.0, True, False, {"correct": False, "valid": False, "game_error": f"{type(e).__name__}: {e}"})
+            return Step([], 0.0, True, False, {"game_error": f"{type(e).__name__}: {e}"}, valid=False, correct=False)
         if done:
             rewards, game_info = self._quiet(self.env.close)
             r = float(rewards.get(0, 0.0)) if isinstance(rewards, dict) else float(rewards[0])
             reason = (game_info or {}).get(0, {}).get("reason", "") if isinstance(game_info, dict) else ""
-            return Step([], r, True, False, {"correct": r > 0, "valid": True, "reason": str(reason)})
+            return Step([], r, True, False, {"reason": str(reason)}, valid=True, correct=r > 0)
         _, obs = self.env.get_observation()
         last = self.turn >= self.max_turns
         return Step([] if last else [Message("user", self._new_text(obs))], 0.0, False, last,
-                    {"correct": False, "valid": True})
+                    valid=True, correct=False, answer=action.strip())
 
 
 def _text(obs) -> str:
@@ -102,7 +116,8 @@ class GymTextEnv(Env):
     naming no action is invalid and replays the last action-free observation."""
 
     def __init__(self, env_id: str = "FrozenLake-v1", max_turns: int = 50, actions: list[str] | None = None,
-                 **make_kwargs):
+                 split: str = "train", **make_kwargs):
+        self.split = check_split(split)
         try:
             import gymnasium
         except ImportError as e:
@@ -122,10 +137,18 @@ class GymTextEnv(Env):
                        f"\nActions: {', '.join(self.actions)}.")
 
     def reset(self, seed: int) -> list[Message]:
-        self.env.reset(seed=seed)
+        self.env.reset(seed=library_seed(self.split, seed))
         self.turn = 0
+        self.opening = render_text(self.env.render())
         return [Message("user", f"You are playing {self.env_id} (@ marks you where the map highlights you). "
                                 "Reply with one action per turn."), self._observe()]
+
+    def instance(self) -> str:
+        """The starting rendering (a map that ignores the seed is one instance)."""
+        return self.opening
+
+    def state(self) -> str:
+        return render_text(self.env.render())
 
     def parse(self, action: str) -> int | None:
         for tok in reversed(self._pattern.findall(action)):
@@ -142,8 +165,8 @@ class GymTextEnv(Env):
         a = self.parse(action)
         if a is None:
             return Step([] if last else [self._observe("That is not an action.")], 0.0, False, last,
-                        {"valid": False, "correct": False, "answer": None})
+                        valid=False, correct=False)
         _, reward, terminated, truncated, _ = self.env.step(a)
-        info = {"valid": True, "correct": bool(terminated and reward > 0), "answer": self.actions[a]}
         end = terminated or truncated or last
-        return Step([] if end else [self._observe()], float(reward), bool(terminated), bool(not terminated and end), info)
+        return Step([] if end else [self._observe()], float(reward), bool(terminated), bool(not terminated and end),
+                    valid=True, correct=bool(terminated and reward > 0), answer=self.actions[a].lower())

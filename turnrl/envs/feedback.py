@@ -111,7 +111,13 @@ class FeedbackEnv(RetryEnv):
     def __init__(self, tasks, user: UserSimulator | str = "rule", persona: str = "a patient teacher", user_seed: int = 0,
                  **kwargs):
         super().__init__(tasks, **kwargs)
-        self.user = user if isinstance(user, UserSimulator) else make_user(user, persona, user_seed)
+        if isinstance(user, UserSimulator):
+            self.user = user
+        elif user == "rule":
+            self.user = RuleBasedUser(persona, user_seed)
+        else:  # envs do not build models or clients: turnrl.build does (env_factory, build_user)
+            raise ValueError(f"user={user!r}: pass a UserSimulator; a model or endpoint user is built by "
+                             "turnrl.build.build_user (the [env] kwargs user = '...' of a config does this)")
 
     def reset(self, seed: int) -> list[Message]:
         self.conversation = super().reset(seed)
@@ -122,30 +128,3 @@ class FeedbackEnv(RetryEnv):
         info.update(sim_tokens=reply.tokens, sim_latency_s=reply.latency_s, sim_error=reply.error)
         self.conversation = self.conversation + [Message("assistant", action), Message("user", reply.text)]
         return [Message("user", reply.text)]
-
-
-def make_user(spec: str, persona: str = "a patient teacher", seed: int = 0) -> UserSimulator:
-    """``"rule"``; ``"http(s)://host/v1#model"`` (an OpenAI-compatible endpoint); or a model
-    for the built-in engine (``"smollm2-135m"``, a directory, a hub id), loaded once."""
-    if spec == "rule":
-        return RuleBasedUser(persona, seed)
-    return ModelUser(_backend(spec), persona, seed)
-
-
-_backends: dict[str, object] = {}
-_backends_lock = threading.Lock()
-
-
-def _backend(spec: str):
-    with _backends_lock:
-        if spec not in _backends:
-            if spec.startswith(("http://", "https://")):
-                from turnrl.endpoint import ChatEndpoint
-
-                url, _, name = spec.partition("#")
-                _backends[spec] = ChatEndpoint(url, name or None)
-            else:
-                from turnrl.build import build_engine, load_for_inference
-
-                _backends[spec] = build_engine(*load_for_inference(spec))
-        return _backends[spec]

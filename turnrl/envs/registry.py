@@ -26,10 +26,25 @@ def resolve(name: str) -> Callable[..., Env]:
             obj = getattr(importlib.import_module(module), attr)
         except (ImportError, AttributeError, TypeError, ValueError) as e:  # e.g. '.mod' (relative), ':Cls' (empty)
             raise ValueError(f"env {name!r}: cannot import {attr!r} from {module!r} ({e})") from e
+        check_env_class(obj, name)
         return obj
     if name not in _REGISTRY:
         raise ValueError(f"unknown env {name!r}; registered: {sorted(_REGISTRY)}; or use 'module.path:Class'")
     return _REGISTRY[name]
+
+
+def check_env_class(obj, name: str) -> None:
+    """An env class must define ``reset`` and ``step``: one line naming what is missing,
+    raised before anything is built (no model loads first)."""
+    if not isinstance(obj, type):
+        if callable(obj):  # a factory function: checked on what it builds (make)
+            return
+        raise ValueError(f"env {name!r} is a {type(obj).__name__}, not an env class")
+    missing = sorted(set(getattr(obj, "__abstractmethods__", ())) |
+                     {m for m in ("reset", "step") if not callable(getattr(obj, m, None))})
+    if missing:
+        raise ValueError(f"env {name!r}: class {obj.__name__} does not define {' / '.join(f'{m}()' for m in missing)} "
+                         "(an env implements reset(seed) -> list[Message] and step(action) -> Step)")
 
 
 def uses_tasks(name: str) -> bool:

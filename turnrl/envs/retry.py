@@ -8,11 +8,22 @@ import re
 
 from turnrl.envs.answers import EXTRACTORS, VERIFIERS, extract_choice, normalize, option_letters
 from turnrl.envs.base import Env
-from turnrl.envs.tasks import Task, TaskSource
+from turnrl.envs.tasks import Task, TaskSource, distinct_tasks
 from turnrl.types import Message, Step
 
 UFO_FEEDBACK = "Incorrect. Please think again."  # the authors' string (arXiv 2507.14295)
 _EQUATION = re.compile(r"(-?\d+)\s*[-+*x×]\s*(-?\d+)")
+
+
+def gold_reply(extractor: str, task: Task) -> str:
+    """The reference answer written the way ``extractor`` reads it (``auto``: the format
+    the question asks for: ``\\boxed{}``, an ``<answer>`` tag, else the bare answer)."""
+    tag, boxed = f"<answer>{task.answer}</answer>", f"\\boxed{{{task.answer}}}"
+    if extractor == "answer_tag" or (extractor == "auto" and "<answer>" in task.question):
+        return tag
+    if extractor == "boxed" or (extractor == "auto" and "\\boxed" in task.question):
+        return boxed
+    return task.answer
 
 
 class RetryEnv(Env):
@@ -52,8 +63,19 @@ class RetryEnv(Env):
         self.system_prompt, self.extractor, self.verifier = system_prompt, extractor, verifier
         self.task: Task | None = None
 
-    def num_tasks(self) -> int:
-        return len(self.tasks)
+    def num_instances(self) -> int | None:
+        return distinct_tasks(self.tasks)
+
+    def instance(self) -> str:
+        return self.task.question
+
+    def state(self) -> tuple:
+        """The attempts made and the set of answers tried (None: an unparseable reply)."""
+        return len(self.answers), frozenset(self.answers)
+
+    def gold_answer(self) -> str:
+        """The reference answer as the task's extractor finds it in a reply."""
+        return gold_reply(self.extractor or self.task.extractor, self.task)
 
     def reset(self, seed: int) -> list[Message]:
         self.task = self.tasks[seed % len(self.tasks)]
@@ -98,10 +120,10 @@ class RetryEnv(Env):
         truncated = not correct and attempt >= self.max_turns
         if terminated or truncated:
             reward += self.repetition_term()
-        info = {"attempt": attempt, "answer": raw, "valid": raw is not None, "correct": correct,
-                "reason": reason, "reference": task.answer, "task_id": task.id}
+        info = {"attempt": attempt, "reason": reason, "reference": task.answer, "task_id": task.id}
         messages = [] if (terminated or truncated) else self.feedback_messages(action, raw, info)
-        return Step(messages, reward, terminated, truncated, info)
+        return Step(messages, reward, terminated, truncated, info, valid=raw is not None, correct=correct,
+                    answer=None if raw is None else normalize(raw))
 
     def feedback_messages(self, action: str, answer: str | None, info: dict) -> list[Message]:
         """What the policy is told after a wrong attempt (UFO: the same content-free line;

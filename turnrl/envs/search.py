@@ -108,12 +108,18 @@ class SearchEnv(Env):
             raise DataError(f"{qpath}: no questions in the {split!r} split")
         self.q: dict | None = None
 
-    def num_tasks(self) -> int:
-        return len(self.questions)
+    def num_instances(self) -> int:
+        return len({q["question"] for q in self.questions})
+
+    def instance(self) -> str:
+        return self.q["question"]
+
+    def gold_answer(self) -> str:
+        return f"<answer>{self.q['answer']}</answer>"
 
     def reset(self, seed: int) -> list[Message]:
         self.q = self.questions[seed % len(self.questions)]
-        self.turn, self.state = 0, {}
+        self.turn, self.tool_state = 0, {}
         return [Message("user", "Answer the question. You can search a collection of documents: write "
                                 "<search>your query</search> and you will see the best matches. Search as often as you "
                                 "need, one query per turn. When you know the answer, write <answer>the answer</answer>.\n"
@@ -124,20 +130,20 @@ class SearchEnv(Env):
             raise RuntimeError("call reset() before step()")
         self.turn += 1
         last = self.turn >= self.max_turns
-        info = {"reference": self.q["answer"], "task_id": self.q["id"], "correct": False, "answer": None}
+        info = {"reference": self.q["answer"], "task_id": self.q["id"]}
         answers = _ANSWER.findall(action)
         if answers:
             pred = answers[-1].strip()
             right = answer_matches(pred, self.q["answer"])
-            return Step([], float(right), True, False, {**info, "valid": True, "correct": right, "answer": pred,
-                                                        "searches": self.state.get("searches", 0)})
+            return Step([], float(right), True, False, {**info, "searches": self.tool_state.get("searches", 0)},
+                        valid=True, correct=right, answer=" ".join(_words(pred)))
         call = self.tool.parse(action)
         if call is None:
             return Step([] if last else [Message("user", "Write <search>query</search> or <answer>answer</answer>.")],
-                        0.0, False, last, {**info, "valid": False})
-        result = self.tool.execute(call, self.state)
+                        0.0, False, last, info, valid=False, correct=False)
+        result = self.tool.execute(call, self.tool_state)
         return Step([] if last else [Message("user", result.observation)], 0.0, False, last,
-                    {**info, "valid": result.valid, "query": call.payload})
+                    {**info, "query": call.payload}, valid=result.valid, correct=False)
 
 
 class TemplatePlayer:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import itertools
 import random
 import re
 from dataclasses import dataclass, field
@@ -84,6 +85,16 @@ class ArithmeticTasks:
 
     def __len__(self) -> int:
         return self.size
+
+    def distinct(self) -> int | None:
+        """Distinct questions of this split (None: too many to count, > 10**6 expressions)."""
+        lo, hi = 10 ** (self.digits - 1) if self.digits > 1 else 0, 10**self.digits - 1
+        if (hi - lo + 1) ** self.operands * len(self.operators) ** (self.operands - 1) > 10**6:
+            return None
+        exprs = [" ".join(f"{n} {o}" for n, o in zip(nums, ops)) + f" {nums[-1]}"
+                 for nums in itertools.product(range(lo, hi + 1), repeat=self.operands)
+                 for ops in itertools.product(self.operators, repeat=self.operands - 1)]
+        return sum(1 for e in exprs if self.split_of(e) == self.split)
 
     def split_of(self, expr: str) -> str:
         bucket = _stable_hash("split", self.seed, expr) % 10_000
@@ -229,17 +240,40 @@ class FileTasks:
 
 def split_tasks(source: TaskSource, split: str, eval_size: int, seed: int = 0) -> "IndexView":
     """Deterministic disjoint split of a file source: a seeded permutation; the first
-    ``eval_size`` items are the eval split, the rest train."""
+    ``eval_size`` items are the eval split, the rest train, less any row whose question
+    is also an eval question (a file with duplicate rows would otherwise train on them;
+    the view's ``dropped`` counts them)."""
     order = list(range(len(source)))
     random.Random(seed).shuffle(order)
     if eval_size >= len(order):
         raise DataError(f"eval_size={eval_size} leaves no training rows (source has {len(order)})")
-    return IndexView(source, order[:eval_size] if split == "eval" else order[eval_size:])
+    if split == "eval":
+        return IndexView(source, order[:eval_size])
+    held = {source[i].question for i in order[:eval_size]}
+    train = [i for i in order[eval_size:] if source[i].question not in held]
+    return IndexView(source, train, dropped=len(order) - eval_size - len(train))
+
+
+def held_out_file(train: TaskSource, held: TaskSource) -> "IndexView":
+    """The eval split from a file of its own (a benchmark's test file): its rows less
+    those whose question also occurs in the training file (``dropped`` counts them)."""
+    seen = {train[i].question for i in range(len(train))}
+    keep = [i for i in range(len(held)) if held[i].question not in seen]
+    if not keep:
+        raise DataError(f"every question of the eval file also occurs in the training file ({len(held)} rows)")
+    return IndexView(held, keep, dropped=len(held) - len(keep))
+
+
+def distinct_tasks(tasks: TaskSource) -> int | None:
+    """How many distinct questions a task source holds (None: too many to count)."""
+    if hasattr(tasks, "distinct"):
+        return tasks.distinct()
+    return len({tasks[i].question for i in range(len(tasks))})
 
 
 class IndexView:
-    def __init__(self, source: TaskSource, indices: list[int]):
-        self.source, self.indices = source, indices
+    def __init__(self, source: TaskSource, indices: list[int], dropped: int = 0):
+        self.source, self.indices, self.dropped = source, indices, dropped
 
     def __len__(self) -> int:
         return len(self.indices)

@@ -8,9 +8,9 @@ context message, never trained.
 """
 from __future__ import annotations
 
-from turnrl.envs.answers import EXTRACTORS, VERIFIERS
+from turnrl.envs.answers import EXTRACTORS, VERIFIERS, normalize
 from turnrl.envs.base import Env
-from turnrl.envs.tasks import Task, TaskSource
+from turnrl.envs.tasks import Task, TaskSource, distinct_tasks
 from turnrl.tools.python import PythonTool
 from turnrl.tools.sandbox import Limits
 from turnrl.types import Message, Step
@@ -36,12 +36,15 @@ class TIREnv(Env):
                                        max_output_chars=max_output_chars)
         self.task: Task | None = None
 
-    def num_tasks(self) -> int:
-        return len(self.tasks)
+    def num_instances(self) -> int | None:
+        return distinct_tasks(self.tasks)
+
+    def instance(self) -> str:
+        return self.task.question
 
     def reset(self, seed: int) -> list[Message]:
         self.task = self.tasks[seed % len(self.tasks)]
-        self.turn, self.state = 0, {}
+        self.turn, self.tool_state = 0, {}
         return ([Message("system", self.system_prompt)] if self.system_prompt else []) + [Message("user", self.task.question)]
 
     def step(self, action: str) -> Step:
@@ -49,20 +52,21 @@ class TIREnv(Env):
             raise RuntimeError("call reset() before step()")
         self.turn += 1
         task = self.task
-        info = {"attempt": self.turn, "reference": task.answer, "task_id": task.id, "answer": None, "correct": False}
+        info = {"attempt": self.turn, "reference": task.answer, "task_id": task.id}
         answer = EXTRACTORS["boxed"](action)
         if answer is not None:  # a final answer ends the episode, code or not
             correct = VERIFIERS[task.verifier](answer, task.answer)
-            return Step([], float(correct), True, False, {**info, "answer": answer, "valid": True, "correct": correct,
-                                                          "kind": "answer"})
+            return Step([], float(correct), True, False, {**info, "kind": "answer"}, valid=True, correct=correct,
+                        answer=normalize(answer))
         call = self.tool.parse(action)
         if call is None:  # SimpleTIR's void turn: no code, no answer
             if self.end_on_void or self.turn >= self.max_turns:
-                return Step([], 0.0, self.end_on_void, not self.end_on_void, {**info, "valid": False, "kind": "void"})
+                return Step([], 0.0, self.end_on_void, not self.end_on_void, {**info, "kind": "void"}, valid=False,
+                            correct=False)
             nudge = Message(self.role, "Write a ```python block to run code, or give your final answer as \\boxed{...}.")
-            return Step([nudge], 0.0, False, False, {**info, "valid": False, "kind": "void"})
-        result = self.tool.execute(call, self.state)
+            return Step([nudge], 0.0, False, False, {**info, "kind": "void"}, valid=False, correct=False)
+        result = self.tool.execute(call, self.tool_state)
         out_of_turns = self.turn >= self.max_turns
         msgs = [] if out_of_turns else [Message(self.role, f"```output\n{result.observation}\n```")]
-        return Step(msgs, 0.0, False, out_of_turns, {**info, "valid": True, "kind": "code", **result.info,
-                                                      "tool_calls": self.state.get("tool_calls", 0)})
+        return Step(msgs, 0.0, False, out_of_turns, {**info, "kind": "code", **result.info,
+                                                      "tool_calls": self.tool_state.get("tool_calls", 0)}, correct=False)

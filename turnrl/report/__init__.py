@@ -37,7 +37,8 @@ def headline(r: EvalResult) -> dict[str, dict]:
     for key, title in COLUMNS:
         k = _key(r, key)
         if k in r.metrics:
-            title = {"Succ@K": f"Succ@{r.meta['max_turns']}", "Pass@k": f"Pass@{r.meta.get('pass_k')}"}.get(title, title)
+            pass_title = f"Pass@{r.meta.get('pass_k')}" + (f" (n={r.meta['pass_n']})" if r.meta.get("pass_n") else "")
+            title = {"Succ@K": f"Succ@{r.meta['max_turns']}", "Pass@k": pass_title}.get(title, title)
             out[title] = {"key": k, "value": r.metrics[k], "ci": list(r.intervals[k]) if k in r.intervals else None}
     return out
 
@@ -51,7 +52,9 @@ def tables(results: list[tuple[str, EvalResult]]) -> list[tuple[list[str], list[
     for (label, r), h in zip(results, heads):
         n = int(r.metrics.get("episodes", len(r.episodes)))
         err = int(r.metrics.get("errored_episodes", 0))
-        main.append([label, f"{n}{f' ({err} errored)' if err else ''}", *(h.get(t) for t in titles)])
+        d = r.meta.get("distinct_instances")
+        main.append([label, f"{n}{f' ({d} distinct)' if d is not None else ''}{f' ({err} errored)' if err else ''}",
+                     *(h.get(t) for t in titles)])
     max_k = max(r.meta["max_turns"] for _, r in results)
     succ = [[f"Succ@{k}", *({"value": r.metrics[f"succ@{k}"], "ci": r.intervals.get(f"succ@{k}")}
                             if f"succ@{k}" in r.metrics else None for _, r in results)] for k in range(1, max_k + 1)]

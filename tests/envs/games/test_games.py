@@ -6,7 +6,7 @@ from turnrl.envs.games import (BinarySearchPlayer, CandidatePlayer, FrozenLakeEn
                                MazeEnv, ShortestPathPlayer, SplitPlayer, TwentyQuestionsEnv, WILTEnv, WordleEnv, play)
 from turnrl.envs.games.grid import shortest_path
 from turnrl.envs.games.twenty_questions import ATTRIBUTES, OBJECTS, parse_question
-from turnrl.envs.games.wilt import RULES
+from turnrl.envs.games.wilt_rules import OFFICIAL, OFFICIAL_LITE, train_rules
 from turnrl.envs.games.wordle import score, word_list
 from turnrl.tools.sandbox import bwrap_path
 
@@ -33,10 +33,10 @@ def test_guess_number_hints_and_reference_score():
     e = GuessNumberEnv(low=1, high=100)
     e.reset(0)
     s = e.step("I guess 50.")
-    assert s.messages[0].content == ("Higher." if e.secret > 50 else "Lower.") and s.info["answer"] == "50"
-    assert e.step("no number").info["valid"] is False
-    # binary search over 1..100 always wins within 7 guesses
-    assert scores(GuessNumberEnv(), BinarySearchPlayer, 200) == (200, 1.0, 5.72)
+    assert s.messages[0].content == ("Higher." if e.secret > 50 else "Lower.") and s.answer == "50"
+    assert e.step("no number").valid is False
+    # binary search over 1..100 always wins within 7 guesses (200 held-out games: 20 numbers, 10 times each)
+    assert scores(GuessNumberEnv(split="eval"), BinarySearchPlayer, 200) == (200, 1.0, 5.75)
 
 
 def test_wordle_marks_by_hand():
@@ -48,8 +48,8 @@ def test_wordle_marks_by_hand():
 
 
 def test_wordle_reference_score():
-    solved, ret, turns = scores(WordleEnv(), CandidatePlayer, 200)
-    assert (solved, ret) == (199, 0.995) and turns == pytest.approx(3.66)
+    solved, ret, turns = scores(WordleEnv(split="eval"), CandidatePlayer, 200)
+    assert (solved, ret) == (199, 0.995) and turns == pytest.approx(3.665)
 
 
 def test_maze_rewards_by_hand():
@@ -61,7 +61,7 @@ def test_maze_rewards_by_hand():
     assert e.step("go down").reward == -1.0
     assert e.step("down").reward == -1.0 and e.step("right").reward == -1.0
     last = e.step("right")
-    assert last.terminated and last.reward == 0.0 and last.info["correct"]
+    assert last.terminated and last.reward == 0.0 and last.correct
 
 
 def test_maze_reference_player_takes_the_shortest_path():
@@ -71,7 +71,7 @@ def test_maze_reference_player_takes_the_shortest_path():
         optimal = len(shortest_path(env.grid, env.pos, env.goal, "#"))
         r = play(env, ShortestPathPlayer, seed)
         assert r.solved and r.ret == -(optimal - 1)
-    assert scores(MazeEnv(), ShortestPathPlayer, 100) == (100, -16.76, 17.76)
+    assert scores(MazeEnv(split="eval"), ShortestPathPlayer, 100) == (100, -16.36, 17.36)
 
 
 def test_frozen_lake_hole_ends_the_episode():
@@ -81,7 +81,7 @@ def test_frozen_lake_hole_ends_the_episode():
     e.goal = (1, 1)
     s = e.step("right")
     assert s.terminated and s.reward == 0.0 and s.info["fell"]
-    assert scores(FrozenLakeEnv(), ShortestPathPlayer, 100) == (100, 1.0, 6.0)
+    assert scores(FrozenLakeEnv(split="eval"), ShortestPathPlayer, 100) == (100, 1.0, 6.0)
 
 
 def test_twenty_questions_oracle_and_reference_score():
@@ -91,22 +91,22 @@ def test_twenty_questions_oracle_and_reference_score():
     e.reset(3)
     s = e.step("Is it an animal?")
     assert s.messages[0].content == ("Yes." if "animal" in OBJECTS[e.secret] else "No.") and s.reward == -1.0
-    assert e.step("Tell me a story.").info["valid"] is False
+    assert e.step("Tell me a story.").valid is False
     assert e.step(f"Is it a {e.secret}?").reward == 0.0
     assert set().union(*OBJECTS.values()) <= set(ATTRIBUTES)
-    assert scores(TwentyQuestionsEnv(), SplitPlayer, 100) == (100, -5.34, 6.34)
+    assert scores(TwentyQuestionsEnv(split="eval"), SplitPlayer, 100) == (100, -5.49, 6.49)
 
 
 @needs_bwrap
 def test_wilt_protocol_by_hand():
-    e = WILTEnv(max_tests=2)
-    e.reset(1)  # rule 'x < y < z'
+    e = WILTEnv(max_tests=2, split="eval")
+    e.reset(1)  # the benchmark's rule 2, 'x < y < z'
     s = e.step("Test Case: (1, 2, 3)")
     assert s.messages[0].content == "True\n1 tests left."
     s = e.step("Let me try. Test Case: (3, 2, 1)")
     assert s.messages[0].content == "False\n0 tests left."
     s = e.step("Test Case: (1, 1, 1)")  # a third test: the turn was the guess's, the game is lost
-    assert s.truncated and not s.info["valid"] and s.reward == 0.0
+    assert s.truncated and not s.valid and s.reward == 0.0
     e.reset(1)
     s = e.step("Final Guess: lambda x, y, z: x < y and y < z")  # the same rule written differently
     assert s.terminated and s.reward == 1.0 and s.info["tests"] == 0
@@ -126,7 +126,31 @@ def test_wilt_guess_is_hostile_code_and_runs_in_the_sandbox(tmp_path):
 
 
 @needs_bwrap
-def test_wilt_has_fifty_rules_and_the_reference_player_finds_47():
-    assert len(RULES) == 50 and len(set(RULES)) == 50
-    solved, ret, _ = scores(WILTEnv(), HypothesisPlayer, 50)
-    assert solved == 47  # rules 26, 39 and 41 agree with another rule on all 26 probes
+def test_wilt_eval_plays_the_benchmarks_fifty_rules_and_the_reference_player_finds_43():
+    assert len(OFFICIAL) == 50 and len(set(OFFICIAL)) == 50 and len(OFFICIAL_LITE) == 10
+    assert WILTEnv(split="eval").rules == OFFICIAL and WILTEnv(split="eval", lite=True).rules == OFFICIAL_LITE
+    solved, ret, _ = scores(WILTEnv(split="eval"), HypothesisPlayer, 50)
+    assert solved == 43  # 7 rules agree with an earlier one on all 26 probes (e.g. x - y == z and y + z == x)
+
+
+def test_wilt_training_rules_are_none_of_the_benchmarks():
+    """Equivalence as the env checks it, on a subset of its points: rules that differ on
+    the subset differ on all points, so distinct subset signatures prove the split."""
+    import itertools
+
+    from turnrl.envs.games.wilt import POINTS_CODE, _value, rule_fn
+
+    ns: dict = {}
+    exec(POINTS_CODE, ns)
+    pts = list(itertools.islice(ns["points"](), 2000)) + [p for p in ns["points"]() if max(map(abs, p)) <= 6][:2197]
+
+    def sig(rule):
+        f = rule_fn(rule)
+        return tuple(_value(f, p) for p in pts)
+
+    train = train_rules()
+    held = {sig(r) for r in OFFICIAL + OFFICIAL_LITE}
+    sigs = [sig(r) for r in train]
+    assert len(train) == 308 and not held & set(sigs)  # no training rule is equivalent to a benchmark rule
+    assert len(set(sigs)) == len(train)  # nor to another training rule
+    assert WILTEnv().rules == list(train)

@@ -4,7 +4,7 @@ from __future__ import annotations
 import re
 from collections import deque
 
-from turnrl.envs.games.base import GameEnv
+from turnrl.envs.games.base import GameEnv, split_of
 from turnrl.types import Message, Step
 
 MOVES = {"up": (-1, 0), "down": (1, 0), "left": (0, -1), "right": (0, 1)}
@@ -38,6 +38,29 @@ def shortest_path(grid: list[str], start: tuple[int, int], goal: tuple[int, int]
 
 
 class _Grid(GameEnv):
+    """A new map per seed; a map belongs to the eval split when the hash of its text says
+    so (``eval_fraction`` of all maps), so train and eval maps never coincide."""
+
+    def __init__(self, max_turns: int | None, split: str, eval_fraction: float):
+        super().__init__(max_turns, split)
+        if not 0 < eval_fraction < 1:
+            raise ValueError(f"eval_fraction={eval_fraction} must be between 0 and 1")
+        self.eval_fraction = eval_fraction
+
+    def draw(self, seed: int, make) -> list[str]:
+        """The first map ``make(rng)`` builds (None: unusable) that lies in this split."""
+        for attempt in range(10_000):
+            grid = make(self.rng(seed, attempt))
+            if grid is not None and split_of("\n".join(grid), self.eval_fraction) == self.split:
+                return grid
+        raise RuntimeError(f"{type(self).__name__}: no {self.split} map for seed {seed} in 10,000 draws")
+
+    def instance(self) -> str:
+        return "\n".join(self.grid)
+
+    def state(self) -> tuple:
+        return self.instance(), self.pos
+
     def render(self) -> str:
         rows = [list(r) for r in self.grid]
         rows[self.pos[0]][self.pos[1]] = "A"
@@ -58,15 +81,16 @@ class MazeEnv(_Grid):
 
     max_turns = 40
 
-    def __init__(self, size: int = 4, max_turns: int | None = None, illegal_penalty: float = 4.0):
-        super().__init__(max_turns)
+    def __init__(self, size: int = 4, max_turns: int | None = None, illegal_penalty: float = 4.0, split: str = "train",
+                 eval_fraction: float = 0.2):
+        super().__init__(max_turns, split, eval_fraction)
         if size < 2:
             raise ValueError(f"size={size} must be >= 2 (cells per side)")
         self.size, self.illegal_penalty = size, illegal_penalty
 
-    def reset(self, seed: int) -> list[Message]:
-        self.begin()
-        rng, n = self.rng(seed), self.size
+    def carve(self, rng) -> list[str]:
+        """Randomised depth-first carving; start and goal in opposite corners."""
+        n = self.size
         grid = [["#"] * (2 * n + 1) for _ in range(2 * n + 1)]
         stack, seen = [(0, 0)], {(0, 0)}
         grid[1][1] = "."
@@ -81,9 +105,13 @@ class MazeEnv(_Grid):
             grid[2 * nr + 1][2 * nc + 1] = "."
             seen.add((nr, nc))
             stack.append((nr, nc))
-        self.goal = (2 * n - 1, 2 * n - 1)
-        grid[self.goal[0]][self.goal[1]] = "G"
-        self.grid = ["".join(r) for r in grid]
+        grid[2 * n - 1][2 * n - 1] = "G"
+        return ["".join(r) for r in grid]
+
+    def reset(self, seed: int) -> list[Message]:
+        self.begin()
+        self.grid = self.draw(seed, self.carve)
+        self.goal = (2 * self.size - 1, 2 * self.size - 1)
         self.pos = (1, 1)
         return [Message("user", "You are A in a maze; # are walls, G is the goal. Move one step at a time: reply with "
                                 "up, down, left or right. Each move costs 1 point, bumping into a wall costs 4.\n"
@@ -111,19 +139,22 @@ class FrozenLakeEnv(_Grid):
 
     max_turns = 20
 
-    def __init__(self, size: int = 4, holes: float = 0.2, max_turns: int | None = None):
-        super().__init__(max_turns)
+    def __init__(self, size: int = 4, holes: float = 0.2, max_turns: int | None = None, split: str = "train",
+                 eval_fraction: float = 0.2):
+        super().__init__(max_turns, split, eval_fraction)
         self.size, self.holes = size, holes
+
+    def lake(self, rng) -> list[str] | None:
+        n = self.size
+        grid = [["H" if rng.random() < self.holes else "F" for _ in range(n)] for _ in range(n)]
+        grid[0][0], grid[n - 1][n - 1] = "S", "G"
+        rows = ["".join(r) for r in grid]
+        return rows if shortest_path(rows, (0, 0), (n - 1, n - 1), "H") is not None else None
 
     def reset(self, seed: int) -> list[Message]:
         self.begin()
-        rng, n = self.rng(seed), self.size
-        while True:
-            grid = [["H" if rng.random() < self.holes else "F" for _ in range(n)] for _ in range(n)]
-            grid[0][0], grid[n - 1][n - 1] = "S", "G"
-            self.grid = ["".join(r) for r in grid]
-            if shortest_path(self.grid, (0, 0), (n - 1, n - 1), "H") is not None:
-                break
+        self.grid = self.draw(seed, self.lake)
+        n = self.size
         self.pos, self.goal = (0, 0), (n - 1, n - 1)
         return [Message("user", "You are A on a frozen lake: F is ice, H a hole (falling in ends the game), G the goal. "
                                 "Reply with up, down, left or right.\n" + self.render())]

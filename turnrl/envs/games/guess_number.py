@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import re
 
-from turnrl.envs.games.base import GameEnv
+from turnrl.envs.games.base import GameEnv, hold_out
 from turnrl.types import Message, Step
 
 _INT = re.compile(r"-?\d+")
@@ -11,19 +11,32 @@ _INT = re.compile(r"-?\d+")
 
 class GuessNumberEnv(GameEnv):
     """Reward 1 for guessing the number within ``max_turns`` guesses, else 0. With the
-    default range 1..100 and 7 guesses, binary search always wins (2**7 > 100)."""
+    default range 1..100 and 7 guesses, binary search always wins (2**7 > 100). A seeded
+    ``eval_fraction`` of the numbers (20 of 1..100) is held out for the eval split."""
 
     max_turns = 7
 
-    def __init__(self, low: int = 1, high: int = 100, max_turns: int | None = None):
-        super().__init__(max_turns)
+    def __init__(self, low: int = 1, high: int = 100, max_turns: int | None = None, split: str = "train",
+                 eval_fraction: float = 0.2):
+        super().__init__(max_turns, split)
         if low >= high:
             raise ValueError(f"low={low} must be below high={high}")
         self.low, self.high = low, high
+        train, ev = hold_out(range(low, high + 1), eval_fraction, f"guess_number:{low}:{high}")
+        self.secrets = ev if self.split == "eval" else train
+
+    def num_instances(self) -> int:
+        return len(self.secrets)
+
+    def instance(self) -> int:
+        return self.secret
+
+    def gold_answer(self) -> str:
+        return str(self.secret)
 
     def reset(self, seed: int) -> list[Message]:
         self.begin()
-        self.secret = self.rng(seed).randint(self.low, self.high)
+        self.secret = self.secrets[seed % len(self.secrets)]
         return [Message("user", f"I am thinking of an integer between {self.low} and {self.high}. Guess it: reply with "
                                 f"one number. After each wrong guess I will say 'higher' or 'lower'. You have "
                                 f"{self.max_turns} guesses.")]

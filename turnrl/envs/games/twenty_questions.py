@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import re
 
-from turnrl.envs.games.base import GameEnv
+from turnrl.envs.games.base import GameEnv, hold_out
 from turnrl.types import Message, Step
 
 # attribute -> words that ask about it (matched as whole words in the question)
@@ -94,16 +94,27 @@ def parse_question(text: str) -> tuple[str, str] | None:
 
 
 class TwentyQuestionsEnv(GameEnv):
-    """Twenty Questions over 38 objects; a question naming an object is a guess."""
+    """Twenty Questions over 38 objects (8 held out for eval); a question naming an object is a guess."""
 
     max_turns = 20
 
-    def __init__(self, max_turns: int | None = None):
-        super().__init__(max_turns)
+    def __init__(self, max_turns: int | None = None, split: str = "train", eval_fraction: float = 0.2):
+        super().__init__(max_turns, split)
+        train, ev = hold_out(OBJECTS, eval_fraction, "twenty_questions")
+        self.secrets = ev if self.split == "eval" else train  # 8 / 30 of the 38 objects
+
+    def num_instances(self) -> int:
+        return len(self.secrets)
+
+    def instance(self) -> str:
+        return self.secret
+
+    def gold_answer(self) -> str:
+        return f"Is it a {self.secret}?"
 
     def reset(self, seed: int) -> list[Message]:
         self.begin()
-        self.secret = self.rng(seed).choice(sorted(OBJECTS))
+        self.secret = self.secrets[seed % len(self.secrets)]
         return [Message("user", f"Let's play twenty questions. I am thinking of an object (an animal, a plant, a food or "
                                 f"a man-made thing). Ask yes/no questions about it, one per turn, or guess it "
                                 f"('Is it a dog?'). You have {self.max_turns} turns.")]

@@ -4,44 +4,38 @@ f(x, y, z) by testing triples, then state it as a Python lambda.
 Protocol, as in the paper: each turn either tests a triple (``Test Case: (x, y, z)`` ->
 ``True`` / ``False`` and the tests left, at most 30) or ends the game with one guess
 (``Final Guess: lambda x, y, z: ...``). The guess is right when it agrees with the rule on
-10,000 random points of [1, 100]^3 and on the whole integer grid [-20, 20]^3. The guess is
-model-written code: it is evaluated only inside the sandbox.
+10,000 random real points of [1, 100]^3 and on the whole integer grid [-20, 20]^3, the
+authors' check. The guess is model-written code: it is evaluated only inside the sandbox.
+
+Splits: eval plays the benchmark's own 50 rules (``lite``: its 10), train plays rules
+generated from the same categories, none equivalent to an eval rule (``wilt_rules``).
 """
 from __future__ import annotations
 
 import hashlib
+import math
 import re
 
+from turnrl.envs.base import check_split
 from turnrl.envs.games.base import GameEnv
+from turnrl.envs.games.wilt_rules import OFFICIAL, OFFICIAL_LITE, train_rules
 from turnrl.tools.sandbox import Limits, Sandbox
 from turnrl.types import Message, Step
 
-# The first 10 are the "lite" set.
-RULES = [
-    "x > y", "x < y < z", "x > y > z", "x == y", "x == y == z", "x % 2 == 0", "x + y == z", "x * y == z",
-    "x + y + z > 100", "x < 0",
-    "x % 2 == 0 and y % 2 == 0 and z % 2 == 0", "(x + y + z) % 2 == 0", "x * x + y * y == z * z",
-    "x == y or y == z or x == z", "x != y and y != z and x != z", "max(x, y, z) == z", "min(x, y, z) == x",
-    "x + y > z", "x * y > z", "abs(x - y) < 5", "x % 3 == 0", "(x + y + z) % 3 == 0", "(x & y) == 0",
-    "(x ^ y) == z", "(x | y) == z", "x > 0 and y > 0 and z > 0", "x < 0 or y < 0 or z < 0", "x * y * z > 0",
-    "x * y * z < 0", "x + y + z == 0", "x == 2 * y", "z == x + 1", "x < y and y > z", "x > y and y < z",
-    "2 * y == x + z", "x * z == y * y", "x % 2 != y % 2", "x % 10 == y % 10", "x + y + z < 30", "x > 50",
-    "abs(x) + abs(y) + abs(z) < 20", "x * y + z > 1000", "sorted([x, y, z])[1] > 10", "x * x > y * z",
-    "(x + y) % 5 == 0", "x != 0 and z % x == 0", "x + y == 2 * z", "max(x, y, z) - min(x, y, z) < 10",
-    "(x > y) == (y > z)", "x % 2 == 1 and y % 2 == 1",
-]
-LITE = 10
 
 # Both the host (for the rule) and the sandbox (for the guess) run this text, so the
-# points are the same on both sides without shipping them: a 64-bit LCG, then the grid.
+# points are the same on both sides without shipping them: a 64-bit LCG drawing reals in
+# [1, 100) (the authors draw random.uniform(1, 100)), then the grid.
 POINTS_CODE = """
+import math
+
 def points():
     s = 12345
     for _ in range(10000):
         t = []
         for _ in range(3):
             s = (s * 6364136223846793005 + 1442695040888963407) % 2 ** 64
-            t.append(1 + (s >> 33) % 100)
+            t.append(1 + 99 * (s >> 11) / 2 ** 53)
         yield tuple(t)
     for x in range(-20, 21):
         for y in range(-20, 21):
@@ -62,39 +56,65 @@ _GUESS = re.compile(r"final\s*guess\s*:\s*(lambda\s+x\s*,\s*y\s*,\s*z\s*:[^\n]+)
 _cache: dict[str, str] = {}
 
 
+def rule_fn(rule: str):
+    """One of our rules (never model output) as a function."""
+    return eval(f"lambda x, y, z: {rule}", {"math": math})  # noqa: S307 - our own rule text
+
+
 def rule_signature(rule: str) -> str:
-    """sha256 of the rule's values on the points (our own rules: run here, cached)."""
+    """sha256 of the rule's values on the points (our own rules: run here, cached). Two
+    rules with the same signature are equivalent for the game's check."""
     if rule not in _cache:
         ns: dict = {}
         exec(POINTS_CODE, ns)  # noqa: S102 - our constant code, not model output
-        f = eval(f"lambda x, y, z: {rule}")  # noqa: S307 - one of RULES
-        _cache[rule] = hashlib.sha256(ns["signature"](f).encode()).hexdigest()
+        _cache[rule] = hashlib.sha256(ns["signature"](rule_fn(rule)).encode()).hexdigest()
     return _cache[rule]
+
+
+def constant_signatures() -> set[str]:
+    return {rule_signature("True"), rule_signature("False")}
 
 
 def _number(s: str):
     return float(s) if "." in s else int(s)
 
 
+def _value(f, p) -> bool:
+    try:
+        return bool(f(*p))
+    except (ZeroDivisionError, OverflowError, ValueError, TypeError):
+        return False
+
+
 class WILTEnv(GameEnv):
-    """Reward 1 for a right final guess, 0 otherwise. Seed ``s`` plays rule ``s % n``."""
+    """Reward 1 for a right final guess, 0 otherwise. Eval seed ``s`` plays benchmark rule
+    ``s % 50`` (``lite``: ``s % 10``); train seeds play the generated rules."""
 
     parallel_steps = True  # guesses run in the sandbox
     max_turns = 31  # 30 tests and a final guess (set from max_tests)
 
-    def __init__(self, lite: bool = False, max_tests: int = 30, sandbox: Sandbox | None = None):
-        super().__init__(max_tests + 1)
-        self.rules = RULES[:LITE] if lite else RULES
+    def __init__(self, lite: bool = False, max_tests: int = 30, sandbox: Sandbox | None = None, split: str = "train"):
+        super().__init__(max_tests + 1, split)
+        if check_split(split) == "eval":
+            self.rules = list(OFFICIAL_LITE if lite else OFFICIAL)
+        else:
+            self.rules = list(train_rules())
         self.max_tests = max_tests
         self.sandbox = sandbox or Sandbox(Limits(wall_s=20.0, cpu_s=10, memory_mb=512, output_bytes=4096))
 
-    def num_tasks(self) -> int:
+    def num_instances(self) -> int:
         return len(self.rules)
+
+    def instance(self) -> str:
+        return self.rule
+
+    def gold_answer(self) -> str:
+        return f"Final Guess: lambda x, y, z: {self.rule}"
 
     def reset(self, seed: int) -> list[Message]:
         self.begin()
         self.rule = self.rules[seed % len(self.rules)]
-        self.fn = eval(f"lambda x, y, z: {self.rule}")  # noqa: S307 - one of RULES
+        self.fn = rule_fn(self.rule)
         self.tests = 0
         return [Message("user", "There is a hidden rule f(x, y, z) that is True or False for any three numbers. "
                                 f"Find it. Each turn, either test a triple, replying 'Test Case: (x, y, z)' - I answer "
@@ -117,10 +137,7 @@ class WILTEnv(GameEnv):
             return self.reply("No tests left: give your Final Guess.", 0.0, last, False, None, {"tests": self.tests})
         x, y, z = (_number(v) for v in test[-1])
         self.tests += 1
-        try:
-            value = bool(self.fn(x, y, z))
-        except (ZeroDivisionError, OverflowError, ValueError):
-            value = False
+        value = _value(self.fn, (x, y, z))
         return self.reply(f"{value}\n{self.max_tests - self.tests} tests left.", 0.0, last, True,
                           f"test:{x},{y},{z}", {"tests": self.tests})
 
@@ -153,7 +170,7 @@ class HypothesisPlayer:
         if self.seen[-1][1] is None:
             self.seen[-1] = (self.seen[-1][0], messages[-1].content.startswith("True"))
         for rule in self.rules:
-            f = eval(f"lambda x, y, z: {rule}")  # noqa: S307 - one of RULES
-            if all(bool(f(*p)) == v for p, v in self.seen):
+            f = rule_fn(rule)
+            if all(_value(f, p) == v for p, v in self.seen):
                 return f"Final Guess: lambda x, y, z: {rule}"
         return "Final Guess: lambda x, y, z: False"

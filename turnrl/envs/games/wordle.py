@@ -6,7 +6,7 @@ import re
 from functools import lru_cache
 from importlib.resources import files
 
-from turnrl.envs.games.base import GameEnv
+from turnrl.envs.games.base import GameEnv, hold_out
 from turnrl.types import Message, Step
 
 _WORD = re.compile(r"\b[a-zA-Z]{5}\b")
@@ -40,13 +40,25 @@ class WordleEnv(GameEnv):
 
     max_turns = 6
 
-    def __init__(self, max_turns: int | None = None, vocabulary: int = 1000):
-        super().__init__(max_turns)
-        self.words = word_list()[:vocabulary]
+    def __init__(self, max_turns: int | None = None, vocabulary: int = 1000, split: str = "train",
+                 eval_fraction: float = 0.2):
+        super().__init__(max_turns, split)
+        self.words = word_list()[:vocabulary]  # what a guess may be, in either split
+        train, ev = hold_out(self.words, eval_fraction, f"wordle:{vocabulary}")
+        self.secrets = ev if self.split == "eval" else train  # 200 / 800 of the 1,000 words
+
+    def num_instances(self) -> int:
+        return len(self.secrets)
+
+    def instance(self) -> str:
+        return self.secret
+
+    def gold_answer(self) -> str:
+        return self.secret
 
     def reset(self, seed: int) -> list[Message]:
         self.begin()
-        self.secret = self.rng(seed).choice(self.words)
+        self.secret = self.secrets[seed % len(self.secrets)]
         return [Message("user", f"Let's play Wordle. Guess my secret five-letter English word in {self.max_turns} tries. "
                                 "Reply with one five-letter word. After each guess I show each letter's result: "
                                 "G = right letter, right place; Y = in the word, wrong place; . = not in the word.")]
