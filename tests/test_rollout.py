@@ -173,3 +173,17 @@ def test_picking_episodes_by_correctness_needs_an_env_that_reports_it(tiny_model
     with pytest.raises(ConfigError, match="rollout.rise_groups needs an env that reports Step.correct; env 'never'"):
         require_correct(never, "rollout.rise_groups", "never")
     require_correct(collect([RetryEnv([TASK], max_turns=1)], [0], [0], eng, chat, cfg), "rollout.rise_groups", "retry")
+
+
+def test_the_env_is_told_when_the_token_limit_cut_a_reply_off(tiny_model, tokenizer, chat):
+    class Recording(NeverEnds):
+        max_turns = 1
+
+        def step(self, action):
+            self.seen = action
+            return super().step(action)
+
+    eng = HFEngine(tiny_model, chat.stop_ids, tokenizer.pad_token_id)
+    env = Recording()
+    (ep,) = collect([env], [0], [0], eng, chat, RolloutConfig(SamplingParams(temperature=1.0, max_new_tokens=3, seed=0)))
+    assert ep.turns[0].cut_by_length and env.seen.cut_off and env.seen == ep.turns[0].text

@@ -86,11 +86,14 @@ class EnvConfig(Section):
     repetition_penalty: float = Field(0.5, ge=0, description="retry: lambda in -lambda*(1-E/T); 0 = off")
     format_penalty: float = Field(0.1, ge=0, description="retry: penalty per turn with no parseable answer; 0 = off")
     system_prompt: str | None = Field(None, description="retry: optional system message")
+    lenient_cutoff: bool = Field(False, description="retry: a reply cut off by the token limit may still answer by its "
+                                                    "last number (auto / last_number extractors); by default it needs "
+                                                    "an answer tag, \\boxed{} or 'the answer is N'")
     kwargs: dict[str, Any] = Field(default_factory=dict, description="keyword arguments for a custom env class")
 
     @model_validator(mode="after")
     def _check(self):
-        retry = ["feedback", "success_decay", "repetition_penalty", "format_penalty", "system_prompt"]
+        retry = ["feedback", "success_decay", "repetition_penalty", "format_penalty", "system_prompt", "lenient_cutoff"]
         self._forbid_unless(self.name == "retry", retry, f"env.name is {self.name!r}, not 'retry'")
         self._forbid_unless(self.name != "retry", ["kwargs"], "the retry env is configured by its own fields")
         return self

@@ -17,7 +17,7 @@ from dataclasses import dataclass, replace
 from turnrl.engine.base import SamplingParams
 from turnrl.envs.base import Env, env_call
 from turnrl.rollout import RolloutConfig, add_turn, turn_sampling
-from turnrl.types import Episode, Message, Turn
+from turnrl.types import ActionText, Episode, Message, Turn
 
 
 @dataclass
@@ -95,7 +95,7 @@ class ChatEndpoint:
                 ep.info["error"] = f"{type(e).__name__}: {e}"
                 break
             used = c.prompt_tokens + c.completion_tokens
-            step = env_call(env, seed, turn + 1, c.text)  # model output never crashes a run: envs parse defensively
+            step = env_call(env, seed, turn + 1, ActionText(c.text, cut_off=not c.stopped))  # model output never crashes a run: envs parse defensively
             if add_turn(ep, Turn([], [], [], text=c.text, reward=float(step.reward), void=not step.valid,
                                  cut_by_length=not c.stopped, temperature=temp if temp > 0 else 1.0, info=step.record(),
                                  feedback=list(step.messages), latency_s=c.latency_s,

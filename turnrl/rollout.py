@@ -10,7 +10,7 @@ from turnrl.chat import ChatFormat
 from turnrl.config import ConfigError
 from turnrl.engine.base import Engine, GenRequest, SamplingParams
 from turnrl.envs.base import Env, env_call
-from turnrl.types import Episode, Message, Step, Turn
+from turnrl.types import ActionText, Episode, Message, Step, Turn
 
 
 @dataclass(frozen=True)
@@ -118,13 +118,14 @@ def collect(
         results = engine.generate(requests, sp)
         latency = time.perf_counter() - t0
         still = []
-        texts = [chat.decode_action(res.token_ids) for res in results]
+        # the env sees each reply with whether the token limit cut it off (ActionText.cut_off)
+        texts = [ActionText(chat.decode_action(res.token_ids), cut_off=not res.stopped) for res in results]
         steps = step_envs([envs[i] for i in live], texts, [seeds[i] for i in live], turn)  # model output never crashes a run: envs parse defensively
         for i, res, text, step, state in zip(live, results, texts, steps, states):
             ep = episodes[i]
             contexts[i] += res.token_ids
             if add_turn(ep, Turn(
-                obs_ids=pending[i], action_ids=res.token_ids, action_logprobs=res.logprobs, text=text,
+                obs_ids=pending[i], action_ids=res.token_ids, action_logprobs=res.logprobs, text=str(text),
                 reward=float(step.reward), void=not step.valid,
                 cut_by_length=not res.stopped, temperature=temp if temp > 0 else 1.0, info=step.record(),
                 feedback=list(step.messages), latency_s=latency, state=state,

@@ -22,6 +22,19 @@ class Message:
         return {"role": self.role, "content": self.content}
 
 
+class ActionText(str):
+    """The policy's reply as ``Env.step`` receives it: a ``str`` that also says whether
+    the per-turn token limit cut it off before the model ended its turn (``cut_off``).
+    String methods return plain ``str``: read ``cut_off`` on the action itself."""
+
+    cut_off: bool
+
+    def __new__(cls, text: str, cut_off: bool = False):
+        obj = super().__new__(cls, text)
+        obj.cut_off = cut_off
+        return obj
+
+
 #: the Step fields every turn record carries; an env may not set them through ``info``
 STEP_FIELDS = ("valid", "correct", "answer")
 

@@ -1,8 +1,9 @@
 import pytest
 
 from turnrl.envs import ArithmeticTasks, RetryEnv, Task
-from turnrl.envs.answers import (extract_answer_tag, extract_auto, extract_boxed, extract_choice, extract_last_number,
-                                 normalize, option_letters, verify_exact, verify_math, verify_numeric)
+from turnrl.envs.answers import (extract_answer_tag, extract_auto, extract_boxed, extract_choice, extract_explicit,
+                                 extract_last_number, normalize, option_letters, verify_exact, verify_math, verify_numeric)
+from turnrl.types import ActionText
 
 
 def test_answer_tag_takes_the_last_nonempty_tag():
@@ -88,3 +89,39 @@ def test_file_choice_task_reads_the_options_labelled_in_its_question():
     env = RetryEnv([Task("f", "Which is prime?\nA) 4\nB) 5\nC) 8\nD) 9", "B", "choice", "choice")])
     env.reset(0)
     assert not env.step("G").valid  # G is no option of this question
+
+
+def test_explicit_answers_are_tag_boxed_or_stated_never_a_last_number_guess():
+    assert extract_explicit("so <answer>12</answer> and 13") == "12"
+    assert extract_explicit(r"thus \boxed{7}. 8") == "7"
+    assert extract_explicit("The answer is 1,250. Check: 3") == "1250"
+    assert extract_explicit("Final answer: -3.5") == "-3.5"
+    assert extract_explicit("Step 1: 4 + 7 = 11.\n11. Next we") is None
+
+
+GSM = Task("g", "Tom has 4 apples and buys 7. How many?", "11", "math", "auto")
+UNFINISHED = "Let's count.\n1. Tom starts with 4.\n2. He buys 7 more, so 4 + 7"  # cut off mid-reasoning
+
+
+def _step(action, **kw):
+    env = RetryEnv([GSM], **kw)
+    env.reset(0)
+    return env.step(action)
+
+
+def test_a_cut_off_reply_without_an_explicit_answer_is_invalid():
+    s = _step(ActionText(UNFINISHED, cut_off=True))
+    assert not s.valid and s.info["reason"] == "cut_off" and s.reward == pytest.approx(-0.1)  # before: 7 was its answer
+    assert _step(ActionText(UNFINISHED, cut_off=False)).valid  # a finished reply keeps the last-number reading
+    s = _step(ActionText("4 + 7 = 11, so the answer is 11. To double-check, 1", cut_off=True))
+    assert s.valid and s.correct
+    s = _step(ActionText("We add 4 and 7 to get 11", cut_off=True), lenient_cutoff=True)
+    assert s.valid and s.correct  # the lenient reading asked for
+
+
+def test_lenient_cutoff_is_a_retry_env_setting():
+    from turnrl.build import env_factory
+    from turnrl.config import load_config
+
+    assert env_factory(load_config(None, ["--env.lenient_cutoff", "true"]), "train")().lenient_cutoff is True
+    assert env_factory(load_config(None, []), "train")().lenient_cutoff is False

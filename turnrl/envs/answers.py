@@ -62,6 +62,17 @@ def extract_choice(text: str, letters: str = LETTERS) -> str | None:
     return found.pop() if len(found) == 1 else None
 
 
+_ANSWER_IS = re.compile(rf"answer\s*(?:is|:|=)\s*:?\s*\**\$?\s*({_NUMBER})", re.I)
+
+
+def extract_explicit(text: str) -> str | None:
+    """An answer the reply states as one: ``<answer>`` tag, ``\\boxed{}``, or a number
+    after "the answer is" / "answer:". No last-number guess (for replies cut off by the
+    token limit, whose last number is often a step of unfinished reasoning)."""
+    stated = _ANSWER_IS.findall(text)
+    return extract_answer_tag(text) or extract_boxed(text) or (stated[-1].replace(",", "") if stated else None)
+
+
 def extract_auto(text: str) -> str | None:
     """``<answer>`` tag, then ``\\boxed{}``, then the last number."""
     return extract_answer_tag(text) or extract_boxed(text) or extract_last_number(text)

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import re
 
-from turnrl.envs.answers import EXTRACTORS, VERIFIERS, extract_choice, normalize, option_letters
+from turnrl.envs.answers import EXTRACTORS, VERIFIERS, extract_choice, extract_explicit, normalize, option_letters
 from turnrl.envs.base import Env
 from turnrl.envs.tasks import Task, TaskSource, distinct_tasks
 from turnrl.types import Message, Step
@@ -52,6 +52,7 @@ class RetryEnv(Env):
         system_prompt: str | None = None,
         extractor: str | None = None,
         verifier: str | None = None,
+        lenient_cutoff: bool = False,
     ):
         if max_turns < 1:
             raise ValueError(f"max_turns={max_turns} must be >= 1")
@@ -61,6 +62,7 @@ class RetryEnv(Env):
         self.tasks, self.max_turns, self.feedback = tasks, max_turns, feedback
         self.success_decay, self.repetition_penalty, self.format_penalty = success_decay, repetition_penalty, format_penalty
         self.system_prompt, self.extractor, self.verifier = system_prompt, extractor, verifier
+        self.lenient_cutoff = lenient_cutoff  # a cut-off reply may give its answer by the last number
         self.task: Task | None = None
 
     def num_instances(self) -> int | None:
@@ -94,6 +96,12 @@ class RetryEnv(Env):
         name = self.extractor or task.extractor
         if name == "choice":  # only the task's own options count (5-8 options: up to H)
             raw = extract_choice(action, option_letters(task.question, len(task.choices) or None))
+        elif name in ("auto", "last_number") and getattr(action, "cut_off", False) and not self.lenient_cutoff:
+            # cut off by the token limit: its last number is likely a step of unfinished
+            # reasoning, so only an answer stated as one counts
+            raw = extract_explicit(action)
+            if raw is None:
+                return None, "cut_off"
         else:
             raw = EXTRACTORS[name](action)
         if raw is None and task.choices:  # an option named by its value instead of its letter
