@@ -109,6 +109,22 @@ class RolloutSection(Section):
     max_new_tokens: int = Field(32, ge=1, description="token limit per turn")
     max_context: int = Field(1024, ge=16, description="token limit per episode")
     rise_groups: int = Field(0, ge=0, description="extra groups per step started from the policy's own wrong first answer (RISE-style)")
+    branch_groups: int = Field(0, ge=0, description="extra groups per step branched from a sampled episode at a random "
+                                                    "turn h: its first h replies replayed, the rest sampled (REFUEL)")
+    turn_penalty: float = Field(0.0, ge=0, description="a solved training episode loses this per turn before the solving "
+                                                      "one (MinD: prefer fewer turns); 0 = off")
+    max_turns_schedule: list[tuple[int, int]] = Field(
+        default_factory=list, description="turn cap of training episodes from a step on, [[step, cap], ...] "
+                                          "(WMAct annealing); eval keeps env.max_turns")
+
+    @model_validator(mode="after")
+    def _check(self):
+        steps = [s for s, _ in self.max_turns_schedule]
+        if any(s < 0 for s in steps) or steps != sorted(set(steps)):
+            raise ValueError(f"max_turns_schedule: steps {steps} must be >= 0 and strictly increasing")
+        if any(cap < 1 for _, cap in self.max_turns_schedule):
+            raise ValueError(f"max_turns_schedule: every cap must be >= 1, got {[c for _, c in self.max_turns_schedule]}")
+        return self
 
 
 class AlgoConfig(Section):
@@ -226,6 +242,11 @@ class RunConfig(Section):
         if "task" in self.model_fields_set and not _uses_tasks(self.env.name):
             raise ValueError(f"task: env {self.env.name!r} takes no task source, so the [task] section would be "
                              "ignored; configure it with env.kwargs")
+        from turnrl.algos.base import get_algorithm
+
+        if "pairs" in get_algorithm(self.algo.name).needs and self.rollout.group_size % 2:
+            raise ValueError(f"rollout.group_size = {self.rollout.group_size} is odd: algorithm {self.algo.name!r} "
+                             "trains pairs of episodes of a group, so the group size must be even")
         return self
 
 

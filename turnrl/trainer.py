@@ -5,6 +5,7 @@ import copy
 import json
 import sys
 import math
+import random
 import time
 from dataclasses import replace
 from collections import defaultdict
@@ -23,7 +24,8 @@ from turnrl.engine.base import SamplingParams
 from turnrl.evaluate import EngineRunner, evaluate
 from turnrl.logging import RunLogger
 from turnrl.metrics import episode_metrics
-from turnrl.rollout import RolloutConfig, collect
+from turnrl.recipes import apply_turn_penalty, branch_points, check_recipes, turn_cap
+from turnrl.rollout import RolloutConfig, collect, require_correct
 from turnrl.types import Episode
 
 
@@ -45,6 +47,8 @@ class Trainer:
         self.make_env = env_factory(cfg, "train")
         env_factory(cfg, "eval")
         self.max_turns = episode_turns(cfg)
+        check_recipes(cfg, self.max_turns)
+        self._capped_envs: dict = {}  # turn cap -> training env constructor
         if model is None:
             model, tokenizer = build_policy(cfg)
         self.model, self.tok = model, tokenizer
@@ -71,37 +75,75 @@ class Trainer:
         sp = SamplingParams(r.temperature, r.top_p, r.top_k, r.max_new_tokens, seed=self.cfg.train.seed * 100_003 + step)
         return RolloutConfig(sp, r.max_context, r.retry_temperature)
 
+    def train_env_maker(self, step: int):
+        """Constructor of training envs at ``step``: the env's cap, or the cap
+        ``rollout.max_turns_schedule`` sets from that step on (WMAct annealing)."""
+        cap = turn_cap(self.cfg.rollout.max_turns_schedule, step, self.max_turns)
+        if cap == self.max_turns:
+            return self.make_env
+        if cap not in self._capped_envs:
+            self._capped_envs[cap] = env_factory(self.cfg, "train", max_turns=cap)
+        return self._capped_envs[cap]
+
     def collect(self, step: int) -> list[Episode]:
         r = self.cfg.rollout
+        make_env = self.train_env_maker(step)
         seeds = [self.data_pos + i for i in range(r.prompts_per_step)]
-        envs = [self.make_env() for _ in range(r.prompts_per_step * r.group_size)]
+        envs = [make_env() for _ in range(r.prompts_per_step * r.group_size)]
         all_seeds = [s for s in seeds for _ in range(r.group_size)]
         eps = collect(envs, all_seeds, all_seeds, self.engine, self.chat, self.rollout_config(step))
+        extra = []
         if r.rise_groups:
-            eps += self.collect_rise(step, eps)
+            extra += self.collect_rise(step, eps)
+        if r.branch_groups:
+            extra += self.collect_branches(step, eps)
+        eps += extra
+        if r.turn_penalty:
+            require_correct(eps, "rollout.turn_penalty", self.cfg.env.name)
+            apply_turn_penalty(eps, r.turn_penalty)
         return eps
 
     def collect_rise(self, step: int, eps: list[Episode]) -> list[Episode]:
         """RISE-style groups (arXiv 2407.18219): start ``rise_groups`` extra groups from the
         policy's own wrong-but-valid first answers, so retries get a learning signal even
-        when first attempts mostly succeed. The replayed first answer is context only."""
+        when first attempts mostly succeed. The replayed first answer is context only.
+        Group ids -1 .. -rise_groups."""
         r = self.cfg.rollout
         starts, seen = [], set()
         for ep in eps:
             t0 = ep.turns[0]
             if not t0.info.get("correct") and t0.info.get("valid") and len(ep.turns) > 1 and ep.group_id not in seen:
                 seen.add(ep.group_id)
-                starts.append((ep.group_id, t0.text))
+                starts.append((ep.group_id, [t0.text]))
             if len(starts) == r.rise_groups:
                 break
+        return self._collect_from_prefixes(step, starts, first_gid=-1, seed_offset=50_000)
+
+    def collect_branches(self, step: int, eps: list[Episode]) -> list[Episode]:
+        """Branch groups (REFUEL, arXiv 2410.04612): up to ``branch_groups`` sampled episodes
+        with >= 2 turns, one per group, each cut at a turn h drawn uniformly from
+        [1, turns - 1] (seeded by the train seed and the step); its first h replies are
+        replayed as frozen context and a new group samples the rest, so its episodes share
+        the prefix up to turn h and diverge after it. Group ids follow RISE's."""
+        r = self.cfg.rollout
+        rng = random.Random(self.cfg.train.seed * 100_003 + step)
+        starts = [(ep.seed, [t.text for t in ep.turns[:h]]) for ep, h in branch_points(eps, r.branch_groups, rng)]
+        return self._collect_from_prefixes(step, starts, first_gid=-(1 + r.rise_groups), seed_offset=70_000)
+
+    def _collect_from_prefixes(self, step: int, starts: list[tuple[int, list[str]]], first_gid: int,
+                               seed_offset: int) -> list[Episode]:
+        """One group of ``group_size`` per ``(env seed, replayed replies)``, group ids
+        ``first_gid, first_gid - 1, ...`` (negative: kept out of the step's metrics)."""
         if not starts:
             return []
-        envs = [self.make_env() for _ in range(len(starts) * r.group_size)]
+        r = self.cfg.rollout
+        make_env = self.train_env_maker(step)
+        envs = [make_env() for _ in range(len(starts) * r.group_size)]
         seeds = [s for s, _ in starts for _ in range(r.group_size)]
-        gids = [-(1 + i) for i in range(len(starts)) for _ in range(r.group_size)]  # own groups
-        prefixes = [[text] for _, text in starts for _ in range(r.group_size)]
+        gids = [first_gid - i for i in range(len(starts)) for _ in range(r.group_size)]  # own groups
+        prefixes = [list(texts) for _, texts in starts for _ in range(r.group_size)]
         cfg = self.rollout_config(step)
-        cfg = replace(cfg, sampling=replace(cfg.sampling, seed=cfg.sampling.seed + 50_000))
+        cfg = replace(cfg, sampling=replace(cfg.sampling, seed=cfg.sampling.seed + seed_offset))
         return collect(envs, seeds, gids, self.engine, self.chat, cfg, prefixes=prefixes)
 
     # -- update --------------------------------------------------------------------------

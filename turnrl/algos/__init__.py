@@ -8,6 +8,7 @@ from __future__ import annotations
 import torch
 
 from turnrl.algos import estimators as est
+from turnrl.algos import refuel, seeupo
 from turnrl.algos.base import ALGORITHMS, Algorithm, Aux, LossInputs, get_algorithm, register
 from turnrl.algos.core import aggregate, episode_returns, group_advantages, kl_k3, ppo_clip_token_loss
 
@@ -59,6 +60,12 @@ register(_grpo_like("gigpo", "2505.10978", est.gigpo, reads=("gigpo_gamma", "gig
                     summary="episode advantage + anchor-state step advantage"))
 register(_grpo_like("igpo", "2510.14967", est.igpo, reads=("igpo_gamma",), needs=("belief", "gold"),
                     summary="information-gain turn rewards (teacher-forced belief in the gold answer)"))
+register(Algorithm("seeupo", "2602.06554", seeupo.seeupo, ppo_loss, token_norm, lambda c: c.loss_agg,
+                   reads=frozenset({"loss_agg", "seeupo_clip"}), needs=frozenset({"phases"}), phases=seeupo.phases,
+                   summary="turn by turn, last turn first; group-mean baseline of returns under the updated later turns"))
+register(Algorithm("refuel", "2410.04612", est.returns_only, refuel.refuel_loss, refuel.pair_norm,
+                   lambda c: "token_sum_norm", reads=frozenset({"refuel_eta"}), needs=frozenset({"pairs"}),
+                   summary="regress the log-ratio difference of two rollouts sharing a prefix onto eta x their return gap"))
 
 __all__ = ["ALGORITHMS", "Algorithm", "Aux", "LossInputs", "get_algorithm", "register", "ppo_loss", "token_norm",
            "aggregate", "kl_k3", "episode_returns", "group_advantages"]
