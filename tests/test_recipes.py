@@ -135,3 +135,17 @@ def test_branch_points_one_per_group_with_h_inside_the_episode():
     for _ in range(3000):
         counts[branch_points([eps[3]], 1, rng)[0][1] - 1] += 1
     assert all(900 < c < 1100 for c in counts)
+
+
+def test_rise_and_branch_groups_get_their_own_group_ids(tmp_path, tokenizer):
+    cfg = cfg_for(tmp_path, extra=["--env.name", "tests.test_recipes:SolveAt", "--env.max_turns", "4",
+                                   "--rollout.rise_groups", "1", "--rollout.branch_groups", "2"])
+    eps = Trainer(cfg, make_tiny_model(), tokenizer).collect(0)
+    main, rise, branch = eps[:6], eps[6:9], eps[9:]
+    assert [e.group_id for e in rise + branch] == [-1] * 3 + [-2] * 3 + [-3] * 3
+    firsts = {(m.seed, m.turns[0].text) for m in main}
+    assert all(sum(t.frozen for t in e.turns) == 1 and (e.seed, e.turns[0].text) in firsts for e in rise)
+    for e in branch:  # SolveAt runs 3 turns: h is 1 or 2, and the episode still ends solved at turn 3
+        h = sum(t.frozen for t in e.turns)
+        assert 1 <= h <= 2 and len(e.turns) == 3 and e.turns[-1].info["correct"]
+        assert any(m.seed == e.seed and [t.text for t in m.turns[:h]] == [t.text for t in e.turns[:h]] for m in main)
