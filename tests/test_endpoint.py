@@ -136,3 +136,15 @@ def test_the_endpoint_runner_stops_an_episode_at_the_envs_max_turns(scripted):
     out = ChatEndpoint(url(scripted), "scripted").episode(NeverEnds(), 0, RolloutConfig(SamplingParams(0.0)))
     assert len(out.turns) == 3 and len(scripted.requests) == 3  # before: it never stopped
     assert out.truncated and out.truncated_by == "max_turns"
+
+
+def test_samples_of_one_task_send_different_seeds(scripted):
+    from turnrl.engine.base import SamplingParams
+    from turnrl.envs import RetryEnv, Task
+    from turnrl.rollout import RolloutConfig
+
+    task = Task("t", "What is 2 + 5?", "7", "numeric", "last_number")
+    ChatEndpoint(url(scripted), "scripted").run(lambda: RetryEnv([task], max_turns=1), [0, 0, 0, 1],
+                                                 RolloutConfig(SamplingParams(0.7, seed=3)), 4)
+    seeds = [r["seed"] for r in scripted.requests]
+    assert len(set(seeds)) == 4 and all(0 <= s < 2**31 for s in seeds)  # before: 3000 for every request

@@ -187,3 +187,14 @@ def test_the_env_is_told_when_the_token_limit_cut_a_reply_off(tiny_model, tokeni
     env = Recording()
     (ep,) = collect([env], [0], [0], eng, chat, RolloutConfig(SamplingParams(temperature=1.0, max_new_tokens=3, seed=0)))
     assert ep.turns[0].cut_by_length and env.seen.cut_off and env.seen == ep.turns[0].text
+
+
+def test_an_episode_samples_the_same_tokens_whatever_batch_it_is_in(tiny_model, tokenizer, chat):
+    tasks = [Task(f"t{i}", f"What is {i} + 3?" + " Think." * i, str(i + 3), "numeric", "last_number") for i in range(8)]
+    eng = HFEngine(tiny_model, chat.stop_ids, tokenizer.pad_token_id)
+    cfg = RolloutConfig(SamplingParams(temperature=1.0, max_new_tokens=5, seed=9), max_context=1024)
+    (alone,) = collect([RetryEnv(tasks, max_turns=2)], [5], [5], eng, chat, cfg)
+    batch = collect([RetryEnv(tasks, max_turns=2) for _ in range(8)], list(range(8)), list(range(8)), eng, chat, cfg)
+    assert [t.action_ids for t in batch[5].turns] == [t.action_ids for t in alone.turns]
+    group = collect([RetryEnv(tasks, max_turns=1) for _ in range(3)], [5] * 3, [5] * 3, eng, chat, cfg)
+    assert len({tuple(e.turns[0].action_ids) for e in group}) == 3  # members of a group sample apart

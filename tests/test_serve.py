@@ -107,3 +107,16 @@ def test_requests_with_different_token_limits_share_one_batch(tiny_model, tokeni
     a, b = (f.result(timeout=60) for f in futures)
     assert Counting.calls == 1  # one generate call for both
     assert len(a.token_ids) == 3 and len(b.token_ids) == 7 and a.token_ids == b.token_ids[:3]
+
+
+def test_a_seeded_request_gets_the_same_reply_alone_and_batched(tiny_model, tokenizer, chat):
+    from turnrl.engine import HFEngine, SamplingParams
+    from turnrl.serve import Batcher
+
+    batcher = Batcher(HFEngine(tiny_model, chat.stop_ids, tokenizer.pad_token_id), wait_s=0.5)
+    ids = [chat.prompt_ids([Message("user", f"Hi {i}")]) for i in range(8)]
+    sp = SamplingParams(temperature=1.0, max_new_tokens=6, seed=42)
+    alone = batcher.submit(ids[3], sp).result(timeout=60)
+    futures = [batcher.submit(x, SamplingParams(temperature=1.0, max_new_tokens=6, seed=42 if i == 3 else i))
+               for i, x in enumerate(ids)]
+    assert futures[3].result(timeout=60).token_ids == alone.token_ids

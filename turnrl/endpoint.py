@@ -14,9 +14,9 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 
-from turnrl.engine.base import SamplingParams
+from turnrl.engine.base import SamplingParams, mix_seed
 from turnrl.envs.base import Env, env_call
-from turnrl.rollout import RolloutConfig, add_turn, turn_sampling
+from turnrl.rollout import RolloutConfig, add_turn, member_index, turn_sampling
 from turnrl.types import ActionText, Episode, Message, Turn
 
 
@@ -75,9 +75,11 @@ class ChatEndpoint:
     def run(self, make_env, seeds: list[int], cfg: RolloutConfig, batch_size: int) -> list[Episode]:
         """One episode per seed (``batch_size`` is the engine's notion; here concurrency rules)."""
         with ThreadPoolExecutor(self.concurrency) as pool:
-            return list(pool.map(lambda s: self.episode(make_env(), s, cfg), seeds))
+            return list(pool.map(lambda s, m: self.episode(make_env(), s, cfg, m), seeds, member_index(seeds, seeds)))
 
-    def episode(self, env: Env, seed: int, cfg: RolloutConfig) -> Episode:
+    def episode(self, env: Env, seed: int, cfg: RolloutConfig, member: int = 0) -> Episode:
+        """One episode; ``member`` tells apart episodes of the same seed (Pass@k samples):
+        each turn's request seed comes from (turn seed, env seed, member)."""
         opening = env_call(env, seed, None)
         ep = Episode(turns=[], group_id=seed, seed=seed, messages=list(opening))
         turn, used = 0, 0  # used: the conversation's tokens as the server counted them last turn
@@ -88,7 +90,8 @@ class ChatEndpoint:
             if room < 1:
                 ep.truncated, ep.truncated_by = True, "context"
                 break
-            sp = replace(sp, max_new_tokens=min(sp.max_new_tokens, room))
+            sp = replace(sp, max_new_tokens=min(sp.max_new_tokens, room),
+                         seed=mix_seed(sp.seed, seed, member) % 2**31)  # 31 bits: servers differ in what they take
             try:
                 c = self.complete(ep.messages, sp)
             except self._errors as e:

@@ -8,7 +8,7 @@ from dataclasses import dataclass, replace
 
 from turnrl.chat import ChatFormat
 from turnrl.config import ConfigError
-from turnrl.engine.base import Engine, GenRequest, SamplingParams
+from turnrl.engine.base import Engine, GenRequest, SamplingParams, mix_seed
 from turnrl.envs.base import Env, env_call
 from turnrl.types import ActionText, Episode, Message, Step, Turn
 
@@ -60,6 +60,18 @@ def require_correct(eps: list[Episode], setting: str, env_name: str) -> None:
                               "(no notion of a right answer): set it to 0 or use an env with a checkable answer")
 
 
+def member_index(seeds: list[int], group_ids: list[int]) -> list[int]:
+    """How many earlier episodes of the list share each one's (seed, group): the samples
+    of a GRPO group or of Pass@k get 0, 1, 2, ... A sampler seeded from (turn seed, env
+    seed, member) gives an episode the same tokens in any batch."""
+    count: dict[tuple[int, int], int] = {}
+    out = []
+    for key in zip(seeds, group_ids):
+        out.append(count.get(key, 0))
+        count[key] = out[-1] + 1
+    return out
+
+
 def step_envs(envs: list[Env], actions: list[str], seeds: list[int] | None = None, turn: int = 0) -> list[Step]:
     """``env.step`` for each pair; concurrently (threads) when the envs do slow outside
     work (``Env.parallel_steps``: code execution, servers), in order otherwise. An env
@@ -106,6 +118,7 @@ def collect(
         pending.append(obs)
         live.append(i)
 
+    member = member_index(seeds, group_ids)
     turn = 0
     while live:
         sp = turn_sampling(cfg, turn)
@@ -113,7 +126,8 @@ def collect(
         t0 = time.perf_counter()
         states = [getattr(envs[i], "state", lambda: None)() for i in live]  # before the action (GiGPO)
         # each episode's own budget: the turn limit, or its room left in the context
-        requests = [GenRequest(i, list(contexts[i]), max(1, min(sp.max_new_tokens, cfg.max_context - len(contexts[i]))))
+        requests = [GenRequest(i, list(contexts[i]), max(1, min(sp.max_new_tokens, cfg.max_context - len(contexts[i]))),
+                               seed=mix_seed(sp.seed, seeds[i], member[i]))
                     for i in live]  # a copy of the ids: contexts grow in place
         results = engine.generate(requests, sp)
         latency = time.perf_counter() - t0

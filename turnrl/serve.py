@@ -72,7 +72,8 @@ class Batcher:
                     break
                 (batch if _same(item[1], first[1]) else held).append(item)
             try:
-                requests = [GenRequest(i, ids, sp.max_new_tokens) for i, (ids, sp, _) in enumerate(batch)]  # own limits
+                # each request keeps its own token limit and its own seeded sampler
+                requests = [GenRequest(i, ids, sp.max_new_tokens, sp.seed) for i, (ids, sp, _) in enumerate(batch)]
                 results = self.engine.generate(requests, first[1])
                 for (_, _, fut), res in zip(batch, results):
                     fut.set_result(res)
@@ -84,9 +85,9 @@ class Batcher:
 
 
 def _same(a: SamplingParams, b: SamplingParams) -> bool:
-    """Requests batch together when only their seeds and token limits differ (each row
-    stops at its own limit); the batch samples with the first one's seed, so a seeded
-    sampled reply depends on what it was batched with."""
+    """Requests batch together when only their seeds and token limits differ: each row
+    stops at its own limit and samples from its own seed, so a seeded reply does not
+    depend on what it was batched with."""
     return replace(a, seed=0, max_new_tokens=1) == replace(b, seed=0, max_new_tokens=1)
 
 

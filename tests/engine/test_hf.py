@@ -90,3 +90,14 @@ def test_each_request_stops_at_its_own_token_limit_and_the_cache_still_holds(tin
     for c, n, r in zip(second_ctx, [2, 6, 4], second):
         assert r.token_ids == _reference_greedy(tiny_model, c, n)
     assert widths[0] == 3  # only the new suffix was encoded: the last sampled id + 2 glue ids
+
+
+def test_a_seeded_request_samples_the_same_tokens_alone_and_in_a_batch_of_eight(tiny_model, tokenizer):
+    eng = HFEngine(tiny_model, [2], tokenizer.pad_token_id)
+    prompts = _prompts(tokenizer, [f"question number {i}" + " and more" * i for i in range(8)])
+    sp = SamplingParams(temperature=1.0, max_new_tokens=8, seed=0)
+    alone = eng.generate([GenRequest("x", prompts[5], seed=1234)], sp)[0]
+    eng.release()
+    batch = eng.generate([GenRequest(i, p, seed=1234 if i == 5 else i) for i, p in enumerate(prompts)], sp)
+    assert batch[5].token_ids == alone.token_ids and len(alone.token_ids) == 8
+    assert torch.allclose(torch.tensor(batch[5].logprobs), torch.tensor(alone.logprobs), atol=1e-4)

@@ -1,6 +1,7 @@
 """The sampler interface. The trainer and the rollout loop only see this."""
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from typing import Hashable, Protocol
 
@@ -22,6 +23,7 @@ class GenRequest:
     key: Hashable
     token_ids: list[int]
     max_new_tokens: int | None = None  # this request's own token limit (None: the sampling's)
+    seed: int | None = None  # seed of this request's own sampler (None: the sampling's seed and the row)
 
 
 @dataclass
@@ -39,3 +41,9 @@ class Engine(Protocol):
 
     def load_weights(self, model) -> None:
         """Make the sampler use the learner's current weights."""
+
+
+def mix_seed(*parts: int) -> int:
+    """A 63-bit seed from integers (stable across runs and machines): one sampler seed per
+    episode and turn, so an episode's tokens do not depend on the batch it was sampled in."""
+    return int.from_bytes(hashlib.sha256(",".join(map(str, parts)).encode()).digest()[:8], "big") >> 1

@@ -15,7 +15,7 @@ from typing import Hashable
 import torch
 from transformers import DynamicCache
 
-from turnrl.engine.base import GenRequest, GenResult, SamplingParams
+from turnrl.engine.base import GenRequest, GenResult, SamplingParams, mix_seed
 
 
 class HFEngine:
@@ -87,8 +87,9 @@ class HFEngine:
 
     # -- sampling ------------------------------------------------------------------------
     @staticmethod
-    def _sample(logits: torch.Tensor, sp: SamplingParams, gen: torch.Generator):
-        """Return sampled ids (B,) and their log-probs under softmax(logits / T)."""
+    def _sample(logits: torch.Tensor, sp: SamplingParams, gens: list[torch.Generator]):
+        """Return sampled ids (B,) and their log-probs under softmax(logits / T); row b
+        draws from its own generator ``gens[b]``."""
         if sp.temperature <= 0:
             ids = logits.argmax(-1)
             logp = torch.log_softmax(logits, -1)
@@ -105,7 +106,7 @@ class HFEngine:
             drop = cum - torch.softmax(sorted_logits, -1) > sp.top_p  # keep the first token always
             filt = filt.scatter(-1, order, sorted_logits.masked_fill(drop, float("-inf")))
         probs = logp.exp() if filt is scaled else torch.softmax(filt, -1)
-        ids = torch.multinomial(probs, 1, generator=gen).squeeze(-1)  # (B,)
+        ids = torch.cat([torch.multinomial(probs[b], 1, generator=g) for b, g in enumerate(gens)])  # (B,)
         return ids, logp.gather(-1, ids[:, None]).squeeze(-1)
 
     @torch.no_grad()
@@ -120,7 +121,9 @@ class HFEngine:
         else:
             self._select(rows)
             logits = self._forward([r.token_ids[len(c):] for r, c in zip(requests, self._cached)])
-        gen = torch.Generator().manual_seed(sampling.seed)
+        # one sampler per request: a row's draws do not depend on the other rows of the batch
+        gens = [torch.Generator().manual_seed(r.seed if r.seed is not None else mix_seed(sampling.seed, j))
+                for j, r in enumerate(requests)]
         results = [GenResult([], [], False) for _ in requests]
         limits = [r.max_new_tokens or sampling.max_new_tokens for r in requests]  # each row stops at its own
         live = list(range(len(requests)))  # request index of each cache row
@@ -129,7 +132,7 @@ class HFEngine:
             return results[i].stopped or len(results[i].token_ids) >= limits[i]
 
         for _ in range(max(limits)):
-            ids, logps = self._sample(logits, sampling, gen)
+            ids, logps = self._sample(logits, sampling, [gens[i] for i in live])
             stop = torch.isin(ids, self.stop_ids)
             for b, req_i in enumerate(live):
                 res = results[req_i]
