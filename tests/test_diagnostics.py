@@ -68,6 +68,15 @@ def pairs(tokenizer):
     return prompts, replies
 
 
+def test_repeated_replies_are_scored_once_with_the_same_numbers(pairs):
+    prompts, replies = pairs
+    model = make_tiny_model()
+    full, _ = score_matrix(model, prompts, [replies[0], replies[1], replies[0]])
+    assert np.allclose(full[:, 2], full[:, 0]) and full.shape == (3, 3)
+    ref, ent = score_matrix(model, prompts[:2], replies[:2])
+    assert np.allclose(full[:2, :2], ref, atol=1e-4)
+
+
 def test_score_matrix_on_the_tiny_model_equals_plain_forwards(pairs):
     prompts, replies = pairs
     model = make_tiny_model()

@@ -113,12 +113,15 @@ def score_matrix(model, prompts: list[list[int]], replies: list[list[int]]) -> t
     """``scores[i, j]`` = total log-prob of ``replies[j]`` after ``prompts[i]`` under
     ``model`` (temperature 1), and the mean per-token entropy over the tokens of each
     reply after its own prompt. One batched forward per prompt: the prompt is encoded
-    once and its cache shared by the n replies."""
+    once and its cache shared by the distinct replies (a collapsed policy's repeated
+    replies are scored once)."""
     from turnrl.algos.logprobs import group_logprobs
 
     if len(prompts) != len(replies) or not prompts:
         raise ValueError(f"score_matrix needs as many prompts as replies (> 0), got {len(prompts)} and {len(replies)}")
     n = len(prompts)
+    distinct = list(dict.fromkeys(tuple(y) for y in replies))
+    col = [distinct.index(tuple(y)) for y in replies]  # reply j -> its distinct reply
     was_training = model.training
     model.eval()
     scores = np.zeros((n, n))
@@ -126,10 +129,11 @@ def score_matrix(model, prompts: list[list[int]], replies: list[list[int]]) -> t
     try:
         for i, x in enumerate(prompts):
             eps = [Episode(turns=[Turn(obs_ids=list(x), action_ids=list(y), action_logprobs=[0.0] * len(y))],
-                           group_id=i) for y in replies]
+                           group_id=i) for y in distinct]
             lps, ent = group_logprobs(model, eps, with_entropy=True)
-            scores[i] = [float(lp.double().sum()) for lp in lps]
-            ents.append(ent[i].float())
+            totals = [float(lp.double().sum()) for lp in lps]
+            scores[i] = [totals[c] for c in col]
+            ents.append(ent[col[i]].float())
     finally:
         model.train(was_training)
     return scores, float(torch.cat(ents).mean())
