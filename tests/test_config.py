@@ -85,3 +85,8 @@ def test_pass_temperature_without_pass_at_k_is_an_error():
     with pytest.raises(ConfigError, match=r"eval: pass_temperature would be ignored: eval.pass_k is 0"):
         load_config(None, ["--eval.pass_k", "0", "--eval.pass_temperature", "1.0"])
     assert load_config(None, ["--eval.pass_k", "0"]).eval.pass_k == 0
+
+
+def test_refuel_takes_no_ppo_clip(tmp_path):
+    with pytest.raises(ConfigError, match=r"clip_high would be ignored: algorithm 'refuel'"):
+        load_config(write(tmp_path, "[algo]\nname = 'refuel'\nclip_high = 0.3\n"))

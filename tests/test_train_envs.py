@@ -38,8 +38,11 @@ def test_three_training_steps(name, tmp_path, tokenizer):
                              "--rollout.prompts_per_step", "2", "--rollout.group_size", "2", "--rollout.max_new_tokens", "5",
                              "--rollout.temperature", "1.0", "--train.steps", "3", "--train.out_dir", str(tmp_path / "run"),
                              "--train.checkpoint_every", "0", "--eval.num_tasks", "2", "--eval.pass_k", "0",
-                             "--eval.before", "false", "--log.progress", "false"])
+                             "--eval.before", "false", "--log.progress", "false", "--algo.masks", "[]"])
     summary = Trainer(cfg, make_tiny_model(), tokenizer).train()
     rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in rows if r["split"] == "train"] == [1, 2, 3]
+    train = [r for r in rows if r["split"] == "train"]
+    assert [r["step"] for r in train] == [1, 2, 3]
+    # no mask or filter: every step takes the learner's forward/backward and one optimizer step
+    assert all(r["update_skipped"] == 0 and r["optimizer_steps"] == 1 and r["trained_tokens"] > 0 for r in train)
     assert summary["eval_after"]["episodes"] == 2 and (tmp_path / "run" / "report" / "report.html").is_file()

@@ -1,6 +1,7 @@
 import json
 import math
 
+import pytest
 import torch
 
 from tests.conftest import make_tiny_model
@@ -110,3 +111,74 @@ def test_lora_trains_adapters_only_and_saves_a_merged_model(tmp_path, tokenizer)
 
     merged = AutoModelForCausalLM.from_pretrained(summary["final_model"])
     assert not any("lora" in k for k in merged.state_dict())
+
+
+def train_rows(run_dir):
+    return [json.loads(l) for l in (run_dir / "metrics.jsonl").read_text().splitlines() if '"train"' in l]
+
+
+def test_one_epoch_and_one_minibatch_keep_the_ratio_exactly_one(tmp_path, tokenizer):
+    Trainer(cfg_for(tmp_path, "r", steps=2, extra=["--algo.masks", "[]"]), make_tiny_model(), tokenizer).train()
+    rows = train_rows(tmp_path / "r")
+    assert [r["ratio_mean"] for r in rows] == [1.0, 1.0] and [r["clip_frac"] for r in rows] == [0.0, 0.0]
+    assert [r["optimizer_steps"] for r in rows] == [1.0, 1.0]
+    # the token audit compares the sampler's log-probs with the learner's on the trained ids
+    assert all(0 <= r["sampler_drift_mean"] <= r["sampler_drift_max"] < 1e-3 for r in rows)
+
+
+def test_ppo_epochs_and_minibatches_take_several_steps_and_clipping_acts(tmp_path, tokenizer):
+    cfg = cfg_for(tmp_path, "p", steps=2, extra=["--algo.masks", "[]", "--algo.ppo_epochs", "3",
+                                                 "--algo.minibatches", "2", "--train.lr", "3e-2"])
+    Trainer(cfg, make_tiny_model(), tokenizer).train()
+    rows = train_rows(tmp_path / "p")
+    assert [r["optimizer_steps"] for r in rows] == [6.0, 6.0]  # 3 epochs x 2 minibatches (of 1 group each)
+    assert any(r["clip_frac"] > 0 for r in rows)  # later passes see ratios away from 1, and the clip bites
+    assert all(r["ratio_mean"] != 1.0 for r in rows)
+
+
+def test_dr_grpo_normaliser_ignores_how_many_groups_are_kept():
+    from turnrl.algos import get_algorithm
+    from turnrl.config import AlgoConfig
+    from turnrl.types import Episode, Turn
+
+    algo, cfg = get_algorithm("dr_grpo"), AlgoConfig(name="dr_grpo", max_tokens_norm=100)
+    eps = [Episode([Turn([1], [5] * n, [0.0] * n)], group_id=n) for n in (1, 2, 3, 4)]
+    # 8 episodes sampled: the divisor is 100 x 8 whether 4, 2 or 1 of them survive the filter
+    assert algo.norm(eps, cfg, 8, 10) == algo.norm(eps[:2], cfg, 8, 3) == algo.norm(eps[:1], cfg, 8, 1) == 800.0
+
+
+def test_masks_are_counted_in_every_step(tmp_path, tokenizer):
+    # max_new_tokens 6 at temperature 1 on a random model: most turns hit the limit
+    Trainer(cfg_for(tmp_path, "m", steps=2, extra=["--algo.masks", '["overlong"]']), make_tiny_model(), tokenizer).train()
+    rows = train_rows(tmp_path / "m")
+    for r in rows:
+        assert r["masked_turns_overlong"] > 0
+        assert r["episodes_masked"] == r["masked_overlong"]
+
+
+def test_a_step_with_every_group_filtered_says_no_update_was_taken():
+    from turnrl.logging import update_note
+
+    row = {"update_skipped": 1.0, "masked_zero_variance": 6.0, "masked_turns_zero_variance": 12.0, "masked_void": 0.0}
+    assert update_note(row) == "no update: every episode masked (zero_variance 6)"
+    assert update_note({"update_skipped": 0.0, "loss": 0.25}) == "loss +0.250"
+
+
+def test_existing_run_directory_is_refused_and_resume_without_checkpoint_says_so(tmp_path, tokenizer, capsys):
+    from turnrl.trainer import RunDirError
+
+    cfg = cfg_for(tmp_path, "x", steps=1)
+    Trainer(cfg, make_tiny_model(), tokenizer).train()
+    with pytest.raises(RunDirError, match=r"already holds a run: pass --resume"):
+        Trainer(cfg, make_tiny_model(), tokenizer).train()
+    fresh = cfg_for(tmp_path, "y", steps=1)
+    Trainer(fresh, make_tiny_model(), tokenizer).train(resume=True)
+    assert "--resume: no checkpoint in" in capsys.readouterr().err
+
+
+def test_a_resumed_run_keeps_its_eval_before(tmp_path, tokenizer):
+    first = cfg_for(tmp_path, "e", steps=1, extra=["--eval.before", "true"])
+    before = Trainer(first, make_tiny_model(), tokenizer).train()["eval_before"]
+    again = cfg_for(tmp_path, "e", steps=2, extra=["--eval.before", "true"])
+    summary = Trainer(again, make_tiny_model(), tokenizer).train(resume=True)
+    assert summary["eval_before"] == before

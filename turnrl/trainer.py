@@ -213,7 +213,8 @@ class Trainer:
     def _optimizer_step(self, eps, idx: list[int], adv, keep, aux: Aux) -> tuple[float, dict[str, float]]:
         acfg = self.cfg.algo
         sub = [eps[i] for i in idx]
-        norm = self.algo.norm(sub, acfg, round(aux.n_sampled / self._n_minibatches))
+        n_tokens = sum(int(self._token_mask(eps[i], keep[i], aux.phase).sum()) for i in idx)
+        norm = self.algo.norm(sub, acfg, round(aux.n_sampled / self._n_minibatches), n_tokens)
         agg = self.algo.agg(acfg)
         self.model.train()
         self.opt.zero_grad(set_to_none=True)
@@ -249,9 +250,7 @@ class Trainer:
             old = [aux.old_logprobs[i] for i in micro]
         else:  # one epoch, one minibatch: the behaviour policy is the learner itself (ratio 1)
             old = [lp.detach() for lp in lps]
-        tmask = [token_keep(e, keep[i]) for e, i in zip(sub, micro)]
-        if aux.phase is not None:
-            tmask = [m & (token_turn_ids(e) == aux.phase) for m, e in zip(tmask, sub)]
+        tmask = [self._token_mask(e, keep[i], aux.phase) for e, i in zip(sub, micro)]
         mask = _pad(tmask)
         x = LossInputs(
             episodes=sub, logprobs=_pad(lps), old_logprobs=_pad(old), advantages=_pad([adv[i] for i in micro]),
@@ -268,6 +267,12 @@ class Trainer:
                     d = torch.cat(diff)
                     part.update({"audit_sum": float(d.sum()), "audit_tokens": float(d.numel()), "audit_max": float(d.max())})
         return loss, part
+
+    @staticmethod
+    def _token_mask(ep: Episode, keep_turns: list[bool], phase: int | None) -> torch.Tensor:
+        """Trained tokens of ``ep``: kept turns, and only turn ``phase`` during a phase."""
+        m = token_keep(ep, keep_turns)
+        return m & (token_turn_ids(ep) == phase) if phase is not None else m
 
     @torch.no_grad()
     def _learner_pass(self, eps, idx: list[int], want_hidden: bool):

@@ -87,7 +87,7 @@ def refuel_inputs(lp, old, mask, returns, gids):
     adv = torch.tensor(returns, dtype=torch.float32)[:, None].expand(-1, T).clone()
     return LossInputs(episodes=eps, logprobs=lp, old_logprobs=old, advantages=adv, mask=mask,
                       turn_ids=torch.zeros_like(mask, dtype=torch.long), agg="token_sum_norm",
-                      norm=pair_norm(eps, None, len(eps)))
+                      norm=pair_norm(eps, None, len(eps), 0))
 
 
 def test_refuel_loss_and_gradient_sign_by_hand():
@@ -117,7 +117,7 @@ def test_refuel_on_policy_loss_is_eta_squared_return_gap():
 def test_refuel_pairs_stay_inside_groups():
     assert pairs_of([3, 3, 4, 4, 4, 3]) == ([(0, 1), (2, 3)], 2)  # group 3: rows 0,1,5; group 4: rows 2,3,4
     eps = [Episode(turns=[], group_id=g) for g in [0, 0, 0, 0, 1, 1, 2]]
-    assert pair_norm(eps, None, 7) == 3.0
+    assert pair_norm(eps, None, 7, 0) == 3.0
 
 
 def test_refuel_rejects_an_odd_group_size():

@@ -8,9 +8,14 @@ from __future__ import annotations
 import torch
 
 from turnrl.algos import estimators as est
+from turnrl.algos import critics
 from turnrl.algos import refuel, seeupo
 from turnrl.algos.base import ALGORITHMS, Algorithm, Aux, LossInputs, get_algorithm, register
 from turnrl.algos.core import aggregate, episode_returns, group_advantages, kl_k3, ppo_clip_token_loss
+
+
+#: what the PPO-clip loss reads (every algorithm built on ``ppo_loss``)
+PPO_FIELDS = ("clip_low", "clip_high", "loss_agg")
 
 
 def ppo_loss(x: LossInputs, cfg) -> tuple[torch.Tensor, dict[str, float]]:
@@ -29,14 +34,15 @@ def ppo_loss(x: LossInputs, cfg) -> tuple[torch.Tensor, dict[str, float]]:
     return loss, stats
 
 
-def token_norm(episodes, cfg, n_sampled: int) -> float:
-    """``token_mean``: trained tokens of the update; ``seq_mean``: its sequences."""
+def token_norm(episodes, cfg, n_sampled: int, n_tokens: int) -> float:
+    """``token_mean``: the tokens trained by this optimizer step (after masks; during a SeeUPO
+    phase, that turn's); ``seq_mean``: its sequences."""
     if cfg.loss_agg == "seq_mean":
         return float(max(1, len(episodes)))
-    return float(max(1, sum(e.num_action_tokens for e in episodes)))
+    return float(max(1, n_tokens))
 
 
-def dr_grpo_norm(episodes, cfg, n_sampled: int) -> float:
+def dr_grpo_norm(episodes, cfg, n_sampled: int, n_tokens: int) -> float:
     """Dr. GRPO's constant: ``max_tokens_norm`` x the episodes *sampled* for the update, so it
     does not change with how many groups a filter keeps."""
     return float(cfg.max_tokens_norm * max(1, n_sampled))
@@ -44,13 +50,13 @@ def dr_grpo_norm(episodes, cfg, n_sampled: int) -> float:
 
 def _grpo_like(name: str, paper: str, fn, reads=(), needs=(), summary: str = "") -> Algorithm:
     return Algorithm(name, paper, fn, ppo_loss, token_norm, lambda c: c.loss_agg,
-                     reads=frozenset({"loss_agg", *reads}), needs=frozenset(needs), summary=summary)
+                     reads=frozenset({*PPO_FIELDS, *reads}), needs=frozenset(needs), summary=summary)
 
 
 register(_grpo_like("grpo", "2402.03300", est.grpo, reads=("scale_by_std",),
                     summary="trajectory-level group-normalised return (default)"))
 register(Algorithm("dr_grpo", "2503.20783", est.dr_grpo, ppo_loss, dr_grpo_norm, lambda c: "token_sum_norm",
-                   reads=frozenset({"max_tokens_norm"}), summary="GRPO without std division, constant normaliser"))
+                   reads=frozenset({"clip_low", "clip_high", "max_tokens_norm"}), summary="GRPO without std division, constant normaliser"))
 register(_grpo_like("rloo", "2402.14740", est.rloo, summary="leave-one-out group baseline"))
 register(_grpo_like("reinforce_pp", "2501.03262", est.reinforce_pp,
                     summary="REINFORCE++ with group baseline, batch-whitened"))
@@ -61,11 +67,19 @@ register(_grpo_like("gigpo", "2505.10978", est.gigpo, reads=("gigpo_gamma", "gig
 register(_grpo_like("igpo", "2510.14967", est.igpo, reads=("igpo_gamma",), needs=("belief", "gold"),
                     summary="information-gain turn rewards (teacher-forced belief in the gold answer)"))
 register(Algorithm("seeupo", "2602.06554", seeupo.seeupo, ppo_loss, token_norm, lambda c: c.loss_agg,
-                   reads=frozenset({"loss_agg", "seeupo_clip"}), needs=frozenset({"phases"}), phases=seeupo.phases,
+                   reads=frozenset({*PPO_FIELDS, "seeupo_clip"}), needs=frozenset({"phases"}), phases=seeupo.phases,
                    summary="turn by turn, last turn first; group-mean baseline of returns under the updated later turns"))
 register(Algorithm("refuel", "2410.04612", est.returns_only, refuel.refuel_loss, refuel.pair_norm,
                    lambda c: "token_sum_norm", reads=frozenset({"refuel_eta"}), needs=frozenset({"pairs"}),
                    summary="regress the log-ratio difference of two rollouts sharing a prefix onto eta x their return gap"))
+register(Algorithm("gae", "2504.20073", critics.gae, ppo_loss, token_norm, lambda c: c.loss_agg,
+                   reads=frozenset({*PPO_FIELDS, *critics.GAE_FIELDS}), needs=frozenset({"critic"}),
+                   make_critic=critics.ValueCritic.build,
+                   summary="RAGEN bi-level GAE: value head on hidden states, GAE over tokens and turns, whitened"))
+register(Algorithm("archer", "2402.19446", critics.archer, ppo_loss, token_norm, lambda c: c.loss_agg,
+                   reads=frozenset({*PPO_FIELDS, *critics.ARCHER_FIELDS}), needs=frozenset({"critic"}),
+                   make_critic=critics.UtteranceCritic.build,
+                   summary="ArCHer: off-policy double Q/V utterance critic, advantage min Q - min V per turn"))
 
 __all__ = ["ALGORITHMS", "Algorithm", "Aux", "LossInputs", "get_algorithm", "register", "ppo_loss", "token_norm",
            "aggregate", "kl_k3", "episode_returns", "group_advantages"]

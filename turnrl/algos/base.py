@@ -8,8 +8,9 @@ An :class:`Algorithm` is a record of pure functions plus what it needs:
   number; per-turn ones one number per turn; token-level ones (GAE) one per token.
 - ``loss(inputs, cfg) -> (scalar, stats)``: owns everything the update minimises (PPO-clip,
   KL to the reference, any pairwise loss). ``stats`` are sums over the micro-batch.
-- ``norm(episodes, cfg, n_sampled) -> float``: the step-wide divisor of ``aggregate`` so
-  micro-batches add up exactly.
+- ``norm(episodes, cfg, n_sampled, n_tokens) -> float``: the divisor of ``aggregate`` for
+  one optimizer step (``n_sampled``: episodes collected for it, before masks; ``n_tokens``:
+  tokens it trains), so micro-batches add up exactly.
 - ``reads``: the ``[algo]`` fields it reads beyond the common ones; config validation
   derives from it (a field set but not read is an error naming the algorithm).
 - ``needs``: what the trainer must provide (``ref`` is derived from ``kl_coef``):
@@ -32,8 +33,7 @@ import torch
 from turnrl.types import Episode
 
 #: ``[algo]`` fields every algorithm reads (the PPO-style update around the estimator).
-COMMON_FIELDS = frozenset({"name", "clip_low", "clip_high", "kl_coef", "filters", "top_variance_fraction",
-                           "masks", "ppo_epochs", "minibatches"})
+COMMON_FIELDS = frozenset({"name", "kl_coef", "top_variance_fraction", "masks", "ppo_epochs", "minibatches"})
 
 
 @dataclass
@@ -79,7 +79,7 @@ class Algorithm:
     paper: str  # arXiv id of the estimator
     advantages: Callable[[list[Episode], Any, Aux], list[torch.Tensor]]
     loss: Callable[[LossInputs, Any], tuple[torch.Tensor, dict[str, float]]]
-    norm: Callable[[list[Episode], Any, int], float]
+    norm: Callable[[list[Episode], Any, int, int], float]
     agg: Callable[[Any], str]
     reads: frozenset[str] = frozenset()
     needs: frozenset[str] = frozenset()

@@ -35,7 +35,7 @@ def pairs_of(group_ids: list[int]) -> tuple[list[tuple[int, int]], int]:
     return out, unpaired
 
 
-def pair_norm(episodes, cfg, n_sampled: int) -> float:
+def pair_norm(episodes, cfg, n_sampled: int, n_tokens: int) -> float:
     """The number of pairs the update trains (at least 1)."""
     return float(max(1, sum(len(idx) // 2 for idx in groups_of(episodes).values())))
 
