@@ -15,7 +15,7 @@ import torch
 
 from turnrl import checkpoint
 from turnrl.algos import Aux, LossInputs, get_algorithm
-from turnrl.algos.base import token_turn_ids
+from turnrl.algos.base import check_needs, token_turn_ids
 from turnrl.algos.logprobs import gold_beliefs, group_logprobs
 from turnrl.algos.masks import apply_masks, token_keep
 from turnrl.build import build_engine, build_policy, env_factory, episode_turns
@@ -48,12 +48,13 @@ class Trainer:
         env_factory(cfg, "eval")
         self.max_turns = episode_turns(cfg)
         check_recipes(cfg, self.max_turns)
+        self.algo = get_algorithm(cfg.algo.name)
+        check_needs(self.algo, self.make_env, cfg.env.name)  # before minutes go into loading a model
         self._capped_envs: dict = {}  # turn cap -> training env constructor
         if model is None:
             model, tokenizer = build_policy(cfg)
         self.model, self.tok = model, tokenizer
         self.engine, self.chat = build_engine(model, tokenizer)
-        self.algo = get_algorithm(cfg.algo.name)
         self.critic = self.algo.make_critic(model, cfg.algo) if self.algo.make_critic else None
         self.phases = self.algo.phases
         self._audited = False

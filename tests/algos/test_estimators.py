@@ -150,3 +150,41 @@ def test_per_turn_estimators_credit_the_deciding_turn_and_grpo_does_not(name, ra
     # the noise turn gets less credit than the deciding one: by hand, turn_returns 0 (G_1 = 0 for all),
     # gigpo 1/2 (turn 0: episode +- 1 plus step +- 1; turn 1: episode only), igpo (1/s) / (1.5/s) = 2/3
     assert c1 / c0 == pytest.approx(ratio, abs=1e-4)
+
+
+def test_an_env_without_what_the_algorithm_needs_is_refused_before_any_model_loads(tmp_path, monkeypatch):
+    import turnrl.trainer as trainer_mod
+    from turnrl.algos.base import NeedsError
+    from turnrl.config import load_config
+
+    def no_model(cfg):  # the check must come first: loading a model here is a failure of the test
+        raise AssertionError("the model was loaded before the env was checked")
+
+    monkeypatch.setattr(trainer_mod, "build_policy", no_model)
+    base = ["--env.name", "tests.toy_envs:LengthEnv", "--train.out_dir", str(tmp_path / "r")]
+    with pytest.raises(NeedsError, match=r"algorithm 'gigpo' needs the env's anchor state.*LengthEnv.*Env.state\(\)"):
+        trainer_mod.Trainer(load_config(None, [*base, "--algo.name", "gigpo"]))
+    with pytest.raises(NeedsError, match=r"algorithm 'igpo' needs the env's gold answer.*Env.gold_answer\(\)"):
+        trainer_mod.Trainer(load_config(None, [*base, "--algo.name", "igpo"]))
+
+
+def test_the_worked_example_in_docs_adds_an_estimator():
+    """docs/algorithms.md: one pure function, one registry entry, one hand-computed test."""
+    from turnrl.algos import ALGORITHMS, _grpo_like, register
+    from turnrl.algos.base import groups_of
+    from turnrl.algos.core import episode_returns
+    from turnrl.algos.estimators import _per_episode
+
+    def max_baseline(episodes, cfg, aux):
+        r = episode_returns(episodes)
+        out = torch.zeros_like(r)
+        for idx in groups_of(episodes).values():
+            out[idx] = r[idx] - r[idx].max()
+        return _per_episode(out, episodes)
+
+    register(_grpo_like("max_baseline", "", max_baseline, summary="return minus the group's best"))
+    try:
+        assert adv("max_baseline", group()) == [[0.0] * 3, [-0.5] * 3, [-1.0] * 2]
+        assert AlgoConfig(name="max_baseline", clip_high=0.3).clip_high == 0.3
+    finally:
+        del ALGORITHMS["max_baseline"]

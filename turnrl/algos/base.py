@@ -157,3 +157,26 @@ def groups_of(episodes: list[Episode]) -> dict[int, list[int]]:
     for i, e in enumerate(episodes):
         out.setdefault(e.group_id, []).append(i)
     return out
+
+
+class NeedsError(ValueError):
+    """The env cannot give what the chosen algorithm needs (one line, before any model loads)."""
+
+
+def check_needs(algo: Algorithm, make_env: Callable[[], Any], env_name: str, seeds=(0, 1)) -> None:
+    """Play the opening of a few training instances and check the env provides what ``algo``
+    declares it needs: ``state`` (``Env.state()`` not None: GiGPO's anchor states) and
+    ``gold`` (``Env.gold_answer()`` a non-empty string: IGPO's teacher-forced target)."""
+    wanted = algo.needs & {"state", "gold"}
+    if not wanted:
+        return
+    env = make_env()
+    for seed in seeds:
+        env.reset(seed)
+        if "state" in wanted and getattr(env, "state", lambda: None)() is None:
+            raise NeedsError(f"algorithm {algo.name!r} needs the env's anchor state, but env {env_name!r} "
+                             f"({type(env).__name__}) returns None from state(); implement Env.state()")
+        gold = getattr(env, "gold_answer", lambda: None)()
+        if "gold" in wanted and not (isinstance(gold, str) and gold.strip()):
+            raise NeedsError(f"algorithm {algo.name!r} needs the env's gold answer, but env {env_name!r} "
+                             f"({type(env).__name__}) gives {gold!r} from gold_answer(); implement Env.gold_answer()")
