@@ -58,8 +58,11 @@ progress = false
 
 # -- the child: one life of the run, reporting its phase -------------------------------------
 def child(config: str, out_dir: str, phase_file: str, extra: list[str]) -> int:
+    import turnrl
     from turnrl import checkpoint, cli
     from turnrl.trainer import Trainer
+
+    assert turnrl.__file__.startswith(os.environ["PYTHONPATH"]), turnrl.__file__  # the frozen copy
 
     log = open(phase_file + ".log", "a")
 
@@ -89,10 +92,14 @@ def child(config: str, out_dir: str, phase_file: str, extra: list[str]) -> int:
     return cli.main(["train", config, "--resume", "--train.out_dir", out_dir, *extra])
 
 
+SOURCE: Path | None = None  # a frozen copy of turnrl/: every life of every run uses the same code
+
+
 def _spawn(config: Path, out_dir: Path, phase_file: Path, extra: list[str] = ()) -> subprocess.Popen:
     cmd = [sys.executable, __file__, "--child", str(config), str(out_dir), str(phase_file), *extra]
     return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, cwd=ROOT,
-                            env={**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"})
+                            env={**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1",
+                                 "PYTHONPATH": str(SOURCE)})
 
 
 def _phase(phase_file: Path) -> str:
@@ -236,6 +243,10 @@ def main(argv: list[str]) -> int:
         raise SystemExit("bench/chaos.py mounts tmpfs file systems: run it as root")
     t0 = time.time()
     work = Path(tempfile.mkdtemp(prefix="turnrl-chaos-"))
+    global SOURCE
+    SOURCE = work / "src"
+    shutil.copytree(ROOT / "turnrl", SOURCE / "turnrl", ignore=shutil.ignore_patterns("__pycache__"))
+    commit = subprocess.run(["git", "describe", "--always", "--dirty"], capture_output=True, text=True, cwd=ROOT).stdout.strip()
     try:
         make_model(work / "model")
         config = work / "chaos.toml"
@@ -252,6 +263,7 @@ def main(argv: list[str]) -> int:
     finally:
         shutil.rmtree(work, ignore_errors=True)
     result = {
+        "source": commit,
         "setup": {"model": "random 2-layer Llama, hidden 32, SmolLM2 tokenizer", "steps": STEPS,
                   "checkpoint_every": 1, "eval_every": 2, "seed": args.seed},
         "uninterrupted_run_seconds": round(ref_seconds, 1),
