@@ -100,3 +100,14 @@ def test_max_turns_for_an_env_class_that_takes_none_is_an_error():
                                           "max_turns argument"):
         env_factory(cfg, "train")
     env_factory(load_config(None, ["--env.name", "tests.test_rollout:NeverEnds"]), "train")  # unset: its own 3
+
+
+def test_a_model_backed_simulated_user_is_built_by_the_build_layer_not_the_env():
+    from turnrl.endpoint import ChatEndpoint
+    from turnrl.envs import ArithmeticTasks, FeedbackEnv, ModelUser
+
+    cfg = load_config(None, ["--env.name", "feedback", "--env.kwargs", '{"user": "http://127.0.0.1:9/v1#m", "persona": "a coach"}'])
+    env = env_factory(cfg, "eval")()
+    assert isinstance(env.user, ModelUser) and isinstance(env.user.backend, ChatEndpoint) and env.user.persona == "a coach"
+    with pytest.raises(ValueError, match="turnrl.build.build_user"):
+        FeedbackEnv(ArithmeticTasks("eval"), user="smollm2-135m")
