@@ -9,7 +9,6 @@ import torch
 
 from turnrl.algos import estimators as est
 from turnrl.algos import critics
-from turnrl.algos import critics
 from turnrl.algos import refuel, seeupo
 from turnrl.algos.base import ALGORITHMS, Algorithm, Aux, LossInputs, get_algorithm, register
 from turnrl.algos.core import aggregate, episode_returns, group_advantages, kl_k3, ppo_clip_token_loss
@@ -82,13 +81,5 @@ register(Algorithm("archer", "2402.19446", critics.archer, ppo_loss, token_norm,
                    make_critic=critics.UtteranceCritic.build,
                    summary="ArCHer: off-policy double Q/V utterance critic, advantage min Q - min V per turn"))
 
-register(Algorithm("gae", "2504.20073", critics.gae, ppo_loss, token_norm, lambda c: c.loss_agg,
-                   reads=frozenset({"loss_agg", *critics.GAE_FIELDS}), needs=frozenset({"critic"}),
-                   make_critic=critics.ValueCritic.build,
-                   summary="RAGEN bi-level GAE: value head on hidden states, GAE over tokens and turns, whitened"))
-register(Algorithm("archer", "2402.19446", critics.archer, ppo_loss, token_norm, lambda c: c.loss_agg,
-                   reads=frozenset({"loss_agg", *critics.ARCHER_FIELDS}), needs=frozenset({"critic"}),
-                   make_critic=critics.UtteranceCritic.build,
-                   summary="ArCHer: off-policy double Q/V utterance critic, advantage min Q - min V per turn"))
 __all__ = ["ALGORITHMS", "Algorithm", "Aux", "LossInputs", "get_algorithm", "register", "ppo_loss", "token_norm",
            "aggregate", "kl_k3", "episode_returns", "group_advantages"]
