@@ -182,3 +182,14 @@ def test_a_resumed_run_keeps_its_eval_before(tmp_path, tokenizer):
     again = cfg_for(tmp_path, "e", steps=2, extra=["--eval.before", "true"])
     summary = Trainer(again, make_tiny_model(), tokenizer).train(resume=True)
     assert summary["eval_before"] == before
+
+
+def test_rise_groups_on_an_env_without_correctness_is_refused_before_the_model_loads(tmp_path, monkeypatch):
+    import turnrl.trainer as trainer_mod
+    from turnrl.config import ConfigError
+
+    monkeypatch.setattr(trainer_mod, "build_policy", lambda cfg: (_ for _ in ()).throw(AssertionError("model loaded")))
+    cfg = load_config(None, ["--env.name", "tests.toy_envs:NoVerdictEnv", "--rollout.rise_groups", "2",
+                             "--train.out_dir", str(tmp_path / "r")])
+    with pytest.raises(ConfigError, match=r"rollout.rise_groups needs an env that reports Step.correct; env 'tests.toy_envs:NoVerdictEnv'"):
+        trainer_mod.Trainer(cfg)

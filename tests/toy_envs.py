@@ -47,3 +47,18 @@ class FirstTurnDecides(Env):
             return Step([Message("user", "Again.")], 1.0 if self.win else 0.0, False, False, valid=True,
                         correct=False, answer=action[:1])
         return Step([], 0.0, True, False, valid=True, correct=self.win, answer=action[:1])
+
+
+class NoVerdictEnv(Env):
+    """One turn, reward by length, and no notion of a right answer (Step.correct stays None)."""
+
+    max_turns = 1
+
+    def __init__(self, split: str = "train"):
+        self.split = split
+
+    def reset(self, seed: int):
+        return [Message("user", "Write anything.")]
+
+    def step(self, action: str) -> Step:
+        return Step([], len(action) / 100, True, False)

@@ -26,7 +26,7 @@ from turnrl.logging import RunLogger
 from turnrl.metrics import episode_metrics
 from turnrl.recipes import apply_turn_penalty, branch_points, check_recipes, turn_cap
 from turnrl.rollout import RolloutConfig, collect, require_correct
-from turnrl.types import Episode
+from turnrl.types import Episode, Turn
 
 
 def _pad(rows: list[torch.Tensor], value: float = 0.0) -> torch.Tensor:
@@ -50,6 +50,9 @@ class Trainer:
         check_recipes(cfg, self.max_turns)
         self.algo = get_algorithm(cfg.algo.name)
         check_needs(self.algo, self.make_env, cfg.env.name)  # before minutes go into loading a model
+        for setting in ("rise_groups", "turn_penalty"):
+            if getattr(cfg.rollout, setting):
+                self._probe_correct(f"rollout.{setting}")
         self._capped_envs: dict = {}  # turn cap -> training env constructor
         if model is None:
             model, tokenizer = build_policy(cfg)
@@ -69,6 +72,15 @@ class Trainer:
         self.run_dir = Path(cfg.train.out_dir)
         self.step, self.data_pos = 0, 0
         self.compute_dtype = torch.bfloat16 if cfg.model.dtype == "bf16" else None
+
+    def _probe_correct(self, setting: str) -> None:
+        """Settings that pick or reward episodes by correctness need ``Step.correct``: play
+        one turn of a training instance and refuse, before the model loads, if it is None."""
+        env = self.make_env()
+        env.reset(0)
+        step = env.step("0")
+        probe = Episode([Turn([], [], [], info=step.record() if hasattr(step, "record") else dict(step.info))], 0)
+        require_correct([probe], setting, self.cfg.env.name)
 
     # -- rollouts ------------------------------------------------------------------------
     def rollout_config(self, step: int) -> RolloutConfig:
