@@ -51,7 +51,7 @@ def env_factory(cfg: RunConfig, split: str, max_turns: int | None = None) -> Cal
         return partial(factory, tasks, max_turns=turns, feedback=e.feedback, success_decay=e.success_decay,
                        repetition_penalty=e.repetition_penalty, format_penalty=e.format_penalty,
                        system_prompt=e.system_prompt, lenient_cutoff=e.lenient_cutoff)
-    cls = resolve(e.name)
+    cls = resolve(e.name)  # a class without reset / step is an error here, before any model loads
     kwargs = dict(e.kwargs)
     params = inspect.signature(cls).parameters
     if uses_tasks(e.name):
