@@ -106,7 +106,7 @@ def test_endpoint_and_model_together_is_a_config_error(capsys):
 def test_no_arguments_prints_the_commands(capsys):
     assert main([]) == 0
     out = capsys.readouterr().out
-    for cmd in ("train", "eval", "rollout", "serve", "report", "envs", "check-env"):
+    for cmd in ("train", "eval", "rollout", "serve", "report", "envs", "algos", "check-env"):
         assert f"\n    {cmd}" in out
 
 
@@ -147,3 +147,14 @@ def test_envs_prints_each_description_whole(capsys):
         first = " ".join(inspect.cleandoc(factory.__doc__).split("\n\n")[0].split()).replace("``", "")
         assert f"{name} {first}" in out
     assert "retry UFO: up to max_turns attempts at a checkable task, content-free feedback between them. (tasks)" in out
+
+
+def test_algos_lists_every_registered_algorithm_with_what_it_reads(capsys):
+    from turnrl.algos import ALGORITHMS
+
+    assert main(["algos"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("common [algo] fields: kl_coef, masks, minibatches, ppo_epochs, top_variance_fraction\n")
+    for name in ALGORITHMS:
+        assert f"\n{name} " in out or f"\n{name}:" in out
+    assert "gigpo (arXiv 2505.10978)" in out and "reads: clip_high, clip_low, gigpo_gamma, gigpo_step_weight, loss_agg; needs: state" in out

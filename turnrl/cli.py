@@ -63,6 +63,9 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser("envs", help="list registered envs",
                    description="List the registered envs with their descriptions; '(tasks)' marks envs that take "
                    "the [task] section. Use one with --env.name NAME.")
+    sub.add_parser("algos", help="list the algorithms (credit assignment) and the [algo] fields each reads",
+                   description="List the registered algorithms: name, paper, what it credits, the [algo] fields it "
+                   "reads beyond the common ones, and what it needs from the env. Use one with --algo.name NAME.")
     c = sub.add_parser("check-env", help="validate an env (registered name or module.path:Class)",
                        description="Run check_env on an env: types, finite rewards, episode ends, garbage actions "
                        "and determinism per seed. Prints 'NAME: ok' (exit 0) or 'NAME: FAILED: why' (exit 1). "
@@ -125,6 +128,16 @@ def _dispatch(args, rest: list[str]) -> int:
 
         for name, factory in sorted(registered().items()):
             print(describe_env(name, factory))
+        return 0
+    if args.cmd == "algos":
+        from turnrl.algos import ALGORITHMS
+        from turnrl.algos.base import COMMON_FIELDS
+
+        print(f"common [algo] fields: {', '.join(sorted(COMMON_FIELDS - {'name'}))}")
+        for name, a in ALGORITHMS.items():
+            paper = f" (arXiv {a.paper})" if a.paper else ""
+            print(f"{name}{paper}: {a.summary}")
+            print(f"    reads: {', '.join(sorted(a.reads)) or '-'}; needs: {', '.join(sorted(a.needs)) or '-'}")
         return 0
     if args.cmd == "check-env":
         import warnings
