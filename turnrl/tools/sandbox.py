@@ -172,6 +172,18 @@ def _count_processes(uid: int) -> int:
     return n
 
 
+def _wait_uid_clear(uid: int, timeout_s: float = 2.0) -> bool:
+    """Kill and wait until ``uid`` has no process left (exited processes are reaped by init);
+    False if some remain after ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while _count_processes(uid):
+        if time.monotonic() > deadline:
+            return False
+        _kill_uid(uid)
+        time.sleep(0.01)
+    return True
+
+
 def _kill_uid(uid: int) -> None:
     """SIGKILL every process of ``uid`` (a run's own uid, never ours): kill(-1) sent as that uid."""
     try:
@@ -270,6 +282,9 @@ class Sandbox:
             return self._run(argv, stdin, files or {}, UID_BASE + slot if slot is not None else os.getuid())
         finally:
             if slot is not None:
+                # RLIMIT_NPROC counts every process of the uid, dying ones included: hand the slot
+                # on only once the run's processes are gone, or the next run could not fork
+                _wait_uid_clear(UID_BASE + slot)
                 with Sandbox._slots_lock:
                     os.close(Sandbox._held_slots.pop(slot))  # closing the file releases its lock
 
@@ -278,6 +293,7 @@ class Sandbox:
         """A uid slot no other run on this machine holds: a lock file per slot, flock'ed."""
         lock_dir = _slot_lock_dir()
         first = os.getpid() % UID_SLOTS  # processes start in different places of the ring
+        passes = 0
         while True:
             with cls._slots_lock:
                 for i in range(UID_SLOTS):
@@ -290,8 +306,12 @@ class Sandbox:
                     except OSError:
                         os.close(fd)
                         continue
+                    if passes == 0 and _count_processes(UID_BASE + slot):
+                        os.close(fd)  # a process of this uid is still there (a zombie nobody reaps): another slot
+                        continue
                     cls._held_slots[slot] = fd
                     return slot
+            passes += 1
             time.sleep(0.05)
 
     def _run(self, argv: list[str], stdin: str, files: dict[str, str], uid: int) -> RunResult:
@@ -343,8 +363,22 @@ class Sandbox:
                 procs = cgroup.procs_files if cgroup else []
                 if procs or mounts:
                     cmd = ["/bin/sh", "-c", _LAUNCH, "sh", str(len(procs)), *procs, str(len(mounts) // 2), *mounts, *cmd]
-                    if mounts:
-                        cmd = [shutil.which("unshare"), "--mount", "--propagation", "private", "--", *cmd]
+                if self.as_root:
+                    # A pid namespace of the run's own, whose init is the chain below (bubblewrap in the
+                    # end): when it exits the kernel kills and reaps everything left in it. Without it,
+                    # bubblewrap's own pid 1 can outlive its parent as a zombie on a host whose init
+                    # reaps nothing, and the uid's process limit fills up run after run.
+                    ns = ["--mount", "--propagation", "private"] if mounts else []
+                    # The namespace's init is a root shell waiting for the chain (the program itself must
+                    # not be init: init ignores the kernel's SIGXCPU); its stderr and unshare's are
+                    # /dev/null (they report the chain's death), the chain gets the run's stderr back.
+                    fd = next(n for n in range(3, 10) if n not in pass_fds)  # a free one-digit fd for sh
+                    # setpriv --pdeathsig: unshare dies with the thread that started it, and takes the
+                    # namespace (bubblewrap included) with it (--kill-child): no run outlives its caller.
+                    cmd = ["/bin/sh", "-c", f'exec {fd}>&2 2>/dev/null; exec "$@"', "sh",
+                           shutil.which("setpriv"), "--pdeathsig", "KILL", "--",
+                           shutil.which("unshare"), "--pid", "--fork", "--kill-child", *ns, "--",
+                           "/bin/sh", "-c", f'( exec "$@" 2>&{fd} {fd}>&- ); exit $?', "sh", *cmd]
                 t0 = time.monotonic()
                 try:
                     proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
@@ -467,8 +501,8 @@ class Sandbox:
         code = proc.returncode
         stopped = timed_out or exceeded
         sig = -code if code is not None and code < 0 else None
-        if self.bwrap and code is not None and code > 128 and not stopped:
-            sig = code - 128  # bwrap reports a child killed by a signal as 128 + signal
+        if (self.bwrap or self.as_root) and code is not None and code > 128 and not stopped:
+            sig = code - 128  # bwrap, and unshare as root, report a child killed by a signal as 128 + signal
         return RunResult(bufs[out_fd].decode("utf-8", "replace"), bufs[err_fd].decode("utf-8", "replace"),
                          None if (stopped or sig is not None or code is None) else code,
                          timed_out=timed_out, output_exceeded=exceeded, signal=sig,
@@ -476,12 +510,19 @@ class Sandbox:
 
     @staticmethod
     def _kill(proc: subprocess.Popen, cgroup: RunCgroup | None, uid: int | None) -> None:
-        """Kill everything of the run: its process group, its cgroup, every process of its uid."""
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
+        """Kill everything of the run: its cgroup, every process of its uid, its process group.
+        As root the group leader is ``unshare``, the parent of the run's pid namespace: it is
+        killed last, after it has had a moment to reap the namespace's init, so nothing is left
+        as a zombie for a host init that may never reap it."""
         if cgroup is not None:
             cgroup.kill()
         if uid is not None:
             _kill_uid(uid)
+            try:
+                proc.wait(timeout=0.5)
+            except subprocess.TimeoutExpired:
+                pass
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
