@@ -29,15 +29,18 @@ import sys
 import time
 from pathlib import Path
 
+import torch
+
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "bench" / "results" / "ablation"
 SEEDS = (0, 1)
+NOTE = ""
 
 # sizes shared by a comparison's cells (equal sample budgets)
 ARITH = ["--task.source", "arithmetic", "--task.digits", "2", "--task.operators", "+",
          "--rollout.prompts_per_step", "4", "--rollout.group_size", "4", "--rollout.max_new_tokens", "16",
          "--rollout.temperature", "0.7", "--rollout.max_context", "512",
-         "--train.steps", "8", "--train.lr", "2e-6", "--eval.num_tasks", "50", "--eval.pass_k", "5",
+         "--train.steps", "8", "--train.lr", "5e-6", "--eval.num_tasks", "50", "--eval.pass_k", "5",
          "--eval.max_new_tokens", "16"]
 GUESS = [str(ROOT / "configs" / "guess_number.toml"),
          "--rollout.prompts_per_step", "4", "--rollout.group_size", "4", "--train.steps", "8",
@@ -61,9 +64,8 @@ def cells() -> list[dict]:
         ]
     for seed in SEEDS:
         for algo in ("grpo", "turn_returns", "gigpo", "igpo", "gae", "archer", "seeupo", "refuel"):
-            extra = ["--algo.name", algo]
-            if algo == "refuel":
-                extra += ["--algo.masks", "[]"]  # pairs must stay whole
+            # no mask for any: critics learn from all-equal groups too, and refuel's pairs stay whole
+            extra = ["--algo.name", algo, "--algo.masks", "[]"]
             out.append({"name": f"b_{algo}_s{seed}", "group": "b", "args": [*GUESS, *extra, "--train.seed", str(seed)],
                         "eval_turns": []})
     for seed in SEEDS:
@@ -131,6 +133,8 @@ def run_cell(cell: dict) -> dict:
         res = evaluate(EngineRunner(trainer.engine, trainer.chat, name=cell["name"]), ecfg)
         result["eval"][str(k)] = pick(res.metrics, k)
     result["minutes"] = round((time.time() - t0) / 60, 2)
+    result["torch_threads"] = torch.get_num_threads()
+    result["note"] = NOTE
     return result
 
 
@@ -186,7 +190,13 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--table", action="store_true")
     ap.add_argument("--only", default="", help="comma-separated name prefixes")
     ap.add_argument("--max-cells", type=int, default=0, help="stop after this many new cells")
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    ap.add_argument("--note", default="", help="recorded in each cell's JSON (e.g. what else ran beside it)")
     a = ap.parse_args(argv)
+    global NOTE
+    NOTE = a.note
+    if a.threads:
+        torch.set_num_threads(a.threads)
     OUT.mkdir(parents=True, exist_ok=True)
     todo = [c for c in cells() if not a.only or any(c["name"].startswith(p) for p in a.only.split(","))]
     if a.list:

@@ -9,10 +9,14 @@ evaluation's episodes.jsonl.
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import sys
 import time
 from collections import Counter
 from pathlib import Path
+
+import torch
 
 from turnrl.config import load_config
 from turnrl.results import load_eval
@@ -56,12 +60,17 @@ def main(argv: list[str]) -> int:
     config = argv[0] if argv and not argv[0].startswith("--") else str(ROOT / "configs" / "ufo_demo.toml")
     overrides = argv[1:] if argv and not argv[0].startswith("--") else argv
     cfg = load_config(config, ["--log.progress", "false", *overrides])
+    run_dir = Path(cfg.train.out_dir)
+    if run_dir.exists():  # a benchmark is a fresh run: an earlier one in the same directory goes
+        print(f"ufo_demo: removing the earlier run in {run_dir}", file=sys.stderr)
+        shutil.rmtree(run_dir)
     t0 = time.time()
     summary = Trainer(cfg).train()
     total = (time.time() - t0) / 60
     before, after = summary["eval_before"], summary["eval_after"]
     k, pk = cfg.env.max_turns, cfg.eval.pass_k
     result = {
+        "torch_threads": torch.get_num_threads(), "machine_cpus": os.cpu_count(),
         "config": config, "overrides": overrides, "model": cfg.model.name, "steps": cfg.train.steps,
         "held_out_tasks": cfg.eval.num_tasks, "eval_decoding": "greedy" if cfg.eval.temperature == 0 else f"T={cfg.eval.temperature}",
         "pass_k_temperature": cfg.eval.pass_temperature,

@@ -80,9 +80,10 @@ def test_chat_completions_api(server, chat):
 
 
 def test_a_model_backed_simulated_user_over_http(server):
+    from turnrl.build import build_user
     from turnrl.envs import ArithmeticTasks, FeedbackEnv
 
-    e = FeedbackEnv(ArithmeticTasks("eval"), user=f"{server}#smol", persona="a terse tutor")
+    e = FeedbackEnv(ArithmeticTasks("eval"), user=build_user(f"{server}#smol", persona="a terse tutor"))
     e.reset(0)
     s = e.step("The answer is 90")
     assert s.info["sim_error"] is None and s.info["sim_tokens"] > 0 and s.info["sim_latency_s"] > 0
