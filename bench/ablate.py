@@ -161,6 +161,21 @@ def table() -> dict:
     return data
 
 
+def markdown(data: dict) -> str:
+    """The table docs/algorithms.md shows: one row per setting, means over its seeds."""
+    rows = ["| setting | seeds | eval turns | Succ@1 | Succ@K | Pass@5 | Succ@K − Pass@5 | unique answers | retry accuracy "
+            "| max grad norm | mean train reward |", "|" + "---|" * 11]
+    for key, agg in data["mean_over_seeds"].items():
+        turns = sorted({m.rsplit("@eval", 1)[1] for m in agg if "@eval" in m}, key=int)
+        for t in turns:
+            g = lambda m: agg.get(f"{m}@eval{t}")  # noqa: E731
+            f = lambda v: "–" if v is None else f"{v:.3f}"  # noqa: E731
+            rows.append(f"| {key} | {agg['seeds']} | {t} | {f(g('succ@1'))} | {f(g(f'succ@{t}'))} | {f(g('pass@5'))} "
+                        f"| {f(g('succ@5_minus_pass@5'))} | {f(g('unique_answer_ratio'))} | {f(g('retry_accuracy'))} "
+                        f"| {agg['max_grad_norm']:.2f} | {agg['mean_train_reward']:.3f} |")
+    return "\n".join(rows)
+
+
 def _plot(data: dict) -> None:
     import matplotlib
 
@@ -191,6 +206,7 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--only", default="", help="comma-separated name prefixes")
     ap.add_argument("--max-cells", type=int, default=0, help="stop after this many new cells")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    ap.add_argument("--markdown", action="store_true", help="print the results table (Markdown) and exit")
     ap.add_argument("--note", default="", help="recorded in each cell's JSON (e.g. what else ran beside it)")
     a = ap.parse_args(argv)
     global NOTE
@@ -198,6 +214,9 @@ def main(argv: list[str]) -> int:
     if a.threads:
         torch.set_num_threads(a.threads)
     OUT.mkdir(parents=True, exist_ok=True)
+    if a.markdown:
+        print(markdown(table()))
+        return 0
     todo = [c for c in cells() if not a.only or any(c["name"].startswith(p) for p in a.only.split(","))]
     if a.list:
         for c in todo:

@@ -45,3 +45,13 @@ def test_the_table_averages_seeds(tmp_path, monkeypatch):
     agg = data["mean_over_seeds"]["a_ufo_multi_turn"]
     assert agg["succ@5@eval5"] == pytest.approx(0.5) and agg["max_grad_norm"] == 2.0 and agg["seeds"] == 2
     assert data["cells_done"] == 2 and "a_ufo_single_turn_s0" in data["missing"]
+
+
+def test_markdown_table_has_a_row_per_setting_and_eval_cap():
+    ab = _ablate()
+    data = {"mean_over_seeds": {"d_mini_o3_on": {"seeds": 2, "succ@1@eval3": 0.1, "succ@3@eval3": 0.2,
+                                                  "succ@1@eval8": 0.1, "succ@8@eval8": 0.4,
+                                                  "max_grad_norm": 1.5, "mean_train_reward": 0.25}}}
+    lines = ab.markdown(data).splitlines()
+    assert lines[2] == "| d_mini_o3_on | 2 | 3 | 0.100 | 0.200 | – | – | – | – | 1.50 | 0.250 |"
+    assert lines[3].startswith("| d_mini_o3_on | 2 | 8 | 0.100 | 0.400 |") and len(lines) == 4
