@@ -76,3 +76,20 @@ def test_turns_with_their_own_contexts_are_scored_each_in_its_context():
     assert torch.allclose(lps[0], torch.cat(want), atol=1e-5)
     with pytest.raises(ValueError, match="not append-only"):
         ep.token_ids
+
+
+def test_gold_beliefs_teacher_force_after_each_turns_own_context(chat):
+    from turnrl.algos.logprobs import gold_beliefs
+
+    q = chat.encode("Question?")
+    c0, c1 = q + chat.encode(" state one"), q + chat.encode(" a different state")
+    a0, a1 = chat.encode(" 4"), chat.encode(" 5")
+    ep = Episode([Turn(c0, a0, [0.0], context_ids=c0), Turn(c1, a1, [0.0], context_ids=c1)], 0, gold_answer="5")
+    model = make_tiny_model(4)
+    gold = chat.encode("5")
+    want = []
+    with torch.no_grad():
+        for ctx in (c0, c1):  # b_k = exp(mean log p(gold | context_k)), context_k as sampled
+            logp = torch.log_softmax(model(torch.tensor([ctx + gold])).logits[0].float(), -1)
+            want.append(float(torch.exp(logp[len(ctx) - 1:-1].gather(-1, torch.tensor(gold)[:, None]).mean())))
+    assert gold_beliefs(model, [ep], chat)[0] == pytest.approx(want, rel=1e-4)
