@@ -62,3 +62,21 @@ def test_replayed_reply_ends_with_the_templates_end_of_turn(llama3_tokenizer):
             {"role": "user", "content": "Incorrect. Please think again."}]
     stitched = replayed.obs_ids + replayed.action_ids + ep.turns[1].obs_ids
     assert tok.decode(stitched) == tok.apply_chat_template(conv, tokenize=False, add_generation_prompt=True)
+
+
+def test_chatml_is_append_only_and_a_template_that_drops_reasoning_is_not(chat, tokenizer):
+    from tests.test_rollout import QWEN3_STYLE
+
+    tok = copy.deepcopy(tokenizer)
+    tok.chat_template = QWEN3_STYLE
+    assert chat.append_only and not ChatFormat(tok).append_only
+
+
+def test_a_template_that_cannot_render_names_the_model_and_the_message(tokenizer):
+    tok = copy.deepcopy(tokenizer)
+    tok.chat_template = ("{% for m in messages %}{% if m.role == 'tool' %}{{ raise_exception('no tool role') }}{% endif %}"
+                         "{{ m.role + ': ' + m.content + '\\n' }}{% endfor %}")
+    chat = ChatFormat(tok, name="my-model")
+    msgs = [Message("user", "q"), Message("assistant", "a"), Message("tool", "out"), Message("user", "more")]
+    with pytest.raises(ValueError, match=r"chat template of model 'my-model' cannot render message 2 \(role 'tool'\) of 4"):
+        chat.render_ids(msgs)

@@ -90,3 +90,11 @@ def test_pass_temperature_without_pass_at_k_is_an_error():
 def test_refuel_takes_no_ppo_clip(tmp_path):
     with pytest.raises(ConfigError, match=r"clip_high would be ignored: algorithm 'refuel'"):
         load_config(write(tmp_path, "[algo]\nname = 'refuel'\nclip_high = 0.3\n"))
+
+
+@pytest.mark.parametrize("args,field", [(["--rollout.window_turns", "2"], "window_turns"),
+                                        (["--rollout.context", "window", "--rollout.state_tag", "mem"], "state_tag")])
+def test_context_fields_the_strategy_ignores_are_errors(args, field):
+    with pytest.raises(ConfigError, match=rf"rollout: {field} would be ignored: rollout.context is '(full|window)'"):
+        load_config(None, args)
+    assert load_config(None, ["--rollout.context", "markovian", "--rollout.state_tag", "mem"]).rollout.state_tag == "mem"

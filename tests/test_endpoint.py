@@ -148,3 +148,13 @@ def test_samples_of_one_task_send_different_seeds(scripted):
                                                  RolloutConfig(SamplingParams(0.7, seed=3)), 4)
     seeds = [r["seed"] for r in scripted.requests]
     assert len(set(seeds)) == 4 and all(0 <= s < 2**31 for s in seeds)  # before: 3000 for every request
+
+
+def test_an_endpoint_refuses_a_rebuilt_context():
+    from turnrl.config import ConfigError
+    from turnrl.engine.base import SamplingParams
+    from turnrl.rollout import RolloutConfig
+
+    ep = ChatEndpoint("http://127.0.0.1:9/v1", model="m")  # never contacted: refused before any request
+    with pytest.raises(ConfigError, match="rollout.context = 'markovian': an endpoint is sent the whole conversation"):
+        ep.run(lambda: None, [0], RolloutConfig(SamplingParams(), context="markovian"), 1)

@@ -193,3 +193,30 @@ def test_rise_groups_on_an_env_without_correctness_is_refused_before_the_model_l
                              "--train.out_dir", str(tmp_path / "r")])
     with pytest.raises(ConfigError, match=r"rollout.rise_groups needs an env that reports Step.correct; env 'tests.toy_envs:NoVerdictEnv'"):
         trainer_mod.Trainer(cfg)
+
+
+def _train_rows(tmp_path, name, tokenizer, extra):
+    Trainer(cfg_for(tmp_path, name, steps=2, extra=["--algo.masks", "[]", *extra]), make_tiny_model(), tokenizer).train()
+    rows = [json.loads(l) for l in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
+    return [r for r in rows if r["split"] == "train"]
+
+
+def test_markovian_episodes_train_scored_in_their_sampling_contexts(tmp_path, tokenizer):
+    train = _train_rows(tmp_path, "mk", tokenizer, ["--rollout.context", "markovian"])
+    assert [r["step"] for r in train] == [1, 2] and all(math.isfinite(r["loss"]) for r in train)
+    for r in train:
+        assert r["sampler_drift_max"] < 1e-4 and abs(r["ratio_mean"] - 1.0) < 1e-4
+        assert r["state_missing_rate"] == 1.0  # the random model never writes a state block
+        assert r["peak_context_tokens"] > 0
+
+
+def test_a_history_rewriting_template_trains_with_a_critic(tmp_path, tokenizer):
+    import copy
+
+    from tests.test_rollout import QWEN3_STYLE
+
+    tok = copy.deepcopy(tokenizer)
+    tok.chat_template = QWEN3_STYLE
+    train = _train_rows(tmp_path, "q3", tok, ["--algo.name", "gae"])
+    assert [r["step"] for r in train] == [1, 2] and all(math.isfinite(r["loss"]) for r in train)
+    assert all(r["sampler_drift_max"] < 1e-4 for r in train)

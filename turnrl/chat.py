@@ -4,6 +4,10 @@ Token-in-token-out: the policy's sampled ids are kept as they are; only the toke
 *around* them (template glue, feedback messages, the next generation prompt) are
 produced here. For append-only templates (ChatML and most others) the stitched ids
 decode to the same text as the template applied to the whole conversation.
+
+Templates that rewrite history (Qwen3 drops the ``<think>`` blocks of earlier assistant
+turns) are not append-only: ``append_only`` is False for them, and the rollout renders
+the whole conversation with the template each turn (``render_ids``) instead of stitching.
 """
 from __future__ import annotations
 
@@ -12,9 +16,15 @@ from turnrl.types import Message
 _X, _Y = "\x00turnrl-user\x00", "\x00turnrl-assistant\x00"
 
 
+#: the probe conversation that tells an append-only template from one that rewrites history
+_PROBE = [Message("user", "a"), Message("assistant", "<think>\nr\n</think>\n\nb"), Message("user", "c")]
+
+
 class ChatFormat:
-    def __init__(self, tokenizer):
+    def __init__(self, tokenizer, name: str | None = None):
         self.tok = tokenizer
+        #: the model named in errors (its path or hub id by default)
+        self.name = name or getattr(tokenizer, "name_or_path", "") or type(tokenizer).__name__
         base = self._render([Message("user", _X), Message("assistant", _Y)], gen=False)
         self._assistant_suffix = base[base.index(_Y) + len(_Y):]  # e.g. "<|im_end|>\n" for ChatML
         self._base = base
@@ -23,6 +33,9 @@ class ChatFormat:
         self.end_of_turn_id = self._end_of_turn_id()
         eot = [] if self.end_of_turn_id is None else [self.end_of_turn_id]
         self.stop_ids = sorted({tokenizer.eos_token_id, *self._extra_stop_ids(), *eot})
+        #: rendering a conversation one message longer only appends text (no earlier turn
+        #: is rewritten, e.g. no reasoning dropped): turns can be stitched token by token
+        self.append_only = self._render(_PROBE, gen=True).startswith(self._render(_PROBE[:2], gen=False))
 
     def _end_of_turn_id(self) -> int | None:
         ids = self.encode(self._assistant_suffix)
@@ -41,9 +54,32 @@ class ChatFormat:
         return ids
 
     def _render(self, messages: list[Message], gen: bool) -> str:
-        return self.tok.apply_chat_template(
-            [m.as_dict() for m in messages], tokenize=False, add_generation_prompt=gen
-        )
+        try:
+            return self.tok.apply_chat_template(
+                [m.as_dict() for m in messages], tokenize=False, add_generation_prompt=gen
+            )
+        except Exception as e:  # noqa: BLE001 - re-raised naming the model and the message
+            raise ValueError(self._render_error(messages, gen, e)) from e
+
+    def _render_error(self, messages: list[Message], gen: bool, err: Exception) -> str:
+        """The first message whose conversation prefix the template cannot render."""
+        bad = len(messages) - 1
+        for k in range(1, len(messages) + 1):
+            try:
+                self.tok.apply_chat_template([m.as_dict() for m in messages[:k]], tokenize=False,
+                                             add_generation_prompt=gen and k == len(messages))
+            except Exception:  # noqa: BLE001 - locating the message, the error is reported below
+                bad = k - 1
+                break
+        role = messages[bad].role if messages else "?"
+        return (f"chat template of model {self.name!r} cannot render message {bad} (role {role!r}) of "
+                f"{len(messages)}: {type(err).__name__}: {err}")
+
+    def render_ids(self, messages: list[Message]) -> list[int]:
+        """The whole conversation as the template renders it, plus the generation prompt:
+        the context of the next action when turns are not stitched (history-rewriting
+        templates, Markovian or windowed contexts)."""
+        return self.prompt_ids(messages)
 
     def encode(self, text: str) -> list[int]:
         return self.tok.encode(text, add_special_tokens=False)

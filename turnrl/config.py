@@ -116,9 +116,18 @@ class RolloutSection(Section):
     max_turns_schedule: list[tuple[int, int]] = Field(
         default_factory=list, description="turn cap of training episodes from a step on, [[step, cap], ...] "
                                           "(WMAct annealing); eval keeps env.max_turns")
+    context: Literal["full", "markovian", "window"] = Field(
+        "full", description="what each turn is sampled after (training and eval): 'full' the whole conversation, "
+                            "'markovian' the task + the model's latest state block + the latest observation "
+                            "(MEM1), 'window' the task + the last window_turns turns")
+    window_turns: int = Field(4, ge=1, description="window: earlier turns kept in the context")
+    state_tag: str = Field("state", pattern=r"^[A-Za-z][A-Za-z0-9_-]*$",
+                           description="markovian: the state block the model writes, <state_tag>...</state_tag>")
 
     @model_validator(mode="after")
     def _check(self):
+        self._forbid_unless(self.context == "window", ["window_turns"], f"rollout.context is {self.context!r}, not 'window'")
+        self._forbid_unless(self.context == "markovian", ["state_tag"], f"rollout.context is {self.context!r}, not 'markovian'")
         steps = [s for s, _ in self.max_turns_schedule]
         if any(s < 0 for s in steps) or steps != sorted(set(steps)):
             raise ValueError(f"max_turns_schedule: steps {steps} must be >= 0 and strictly increasing")

@@ -14,6 +14,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 
+from turnrl.config import ConfigError
 from turnrl.engine.base import SamplingParams, mix_seed
 from turnrl.envs.base import Env, env_call
 from turnrl.rollout import RolloutConfig, add_turn, member_index, turn_sampling
@@ -74,6 +75,9 @@ class ChatEndpoint:
     # -- Runner ------------------------------------------------------------------------
     def run(self, make_env, seeds: list[int], cfg: RolloutConfig, batch_size: int) -> list[Episode]:
         """One episode per seed (``batch_size`` is the engine's notion; here concurrency rules)."""
+        if cfg.context != "full":
+            raise ConfigError(f"rollout.context = {cfg.context!r}: an endpoint is sent the whole conversation; "
+                              "rebuilt contexts need the built-in engine")
         with ThreadPoolExecutor(self.concurrency) as pool:
             return list(pool.map(lambda s, m: self.episode(make_env(), s, cfg, m), seeds, member_index(seeds, seeds)))
 

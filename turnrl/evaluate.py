@@ -20,7 +20,7 @@ from turnrl.engine.base import SamplingParams
 from turnrl.envs.base import Env, env_call
 from turnrl.metrics import bootstrap_ci, episode_intervals, episode_metrics, pass_at_k
 from turnrl.results import EvalResult, episode_record
-from turnrl.rollout import RolloutConfig, collect
+from turnrl.rollout import RolloutConfig, collect, context_fields
 from turnrl.types import Episode
 
 
@@ -73,7 +73,7 @@ def evaluate(runner: Runner, cfg: RunConfig, step: int | None = None) -> EvalRes
     seeds = eval_seeds(cfg)
     max_new = ev.max_new_tokens or cfg.rollout.max_new_tokens
     sp = SamplingParams(temperature=ev.temperature, max_new_tokens=max_new, seed=cfg.train.seed + 7)
-    rcfg = RolloutConfig(sp, max_context=cfg.rollout.max_context)
+    rcfg = RolloutConfig(sp, max_context=cfg.rollout.max_context, **context_fields(cfg.rollout))
     make_env = env_factory(cfg, "eval")
     distinct, distinct_by = distinct_instances(make_env, seeds)
     probe = make_env()
@@ -95,7 +95,7 @@ def evaluate(runner: Runner, cfg: RunConfig, step: int | None = None) -> EvalRes
         # with n > k the unbiased estimator is more than "any of k" (Chen et al. 2021)
         k = ev.pass_k
         rc = RolloutConfig(replace(sp, temperature=ev.pass_temperature, seed=cfg.train.seed + 100),
-                           max_context=cfg.rollout.max_context)
+                           max_context=cfg.rollout.max_context, **context_fields(cfg.rollout))
         repeated = [s for s in seeds for _ in range(n)]
         per_batch = max(n, ev.batch_size // n * n)
         samples = runner.run(env_factory(cfg, "eval", max_turns=1), repeated, rc, per_batch)

@@ -112,6 +112,10 @@ def episode_metrics(episodes: list[Episode], max_turns: int) -> dict[str, float]
         "tokens_per_turn": sum(t.num_tokens for t in turns) / n_turns,
         "context_truncation_rate": sum(1 for e in episodes if e.truncated_by == "context") / n_eps,
     })
+    if any("state_missing" in t.info for t in turns):  # markovian context: replies without a state block
+        out["state_missing_rate"] = sum(1 for t in turns if t.info.get("state_missing")) / n_turns
+    if any(t.context_ids is not None for t in turns):  # rebuilt contexts: how long the longest one grew
+        out["peak_context_tokens"] = float(max((len(t.context_ids or []) for t in turns), default=0))
     if any("sim_tokens" in t.info for t in turns):  # a simulated user answered (MINT-style envs)
         out["simulator_tokens_per_episode"] = sum(t.info.get("sim_tokens", 0) for t in turns) / n_eps
         out["simulator_latency_s_per_episode"] = sum(t.info.get("sim_latency_s", 0.0) for t in turns) / n_eps

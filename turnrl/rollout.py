@@ -2,6 +2,7 @@
 ``Engine.generate`` call per turn, token-in-token-out (DESIGN.md invariants 1-3)."""
 from __future__ import annotations
 
+import re
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
@@ -13,17 +14,88 @@ from turnrl.envs.base import Env, env_call
 from turnrl.types import ActionText, Episode, Message, Step, Turn
 
 
+CONTEXTS = ("full", "markovian", "window")
+
+
 @dataclass(frozen=True)
 class RolloutConfig:
     sampling: SamplingParams
     max_context: int = 2048  # tokens; an episode that would pass it is truncated ("context")
     retry_temperature: float | None = None  # temperature for attempts >= 2 (None: same as the first)
+    context: str = "full"  # what each turn's action is sampled after: see ``turn_context``
+    window_turns: int = 4  # window: earlier turns kept in the context
+    state_tag: str = "state"  # markovian: the model's state block is <state>...</state>
+
+    def __post_init__(self):
+        if self.context not in CONTEXTS:
+            raise ValueError(f"context={self.context!r} must be one of {', '.join(CONTEXTS)}")
 
     @classmethod
     def from_section(cls, r, seed: int) -> "RolloutConfig":
         """The training rollout of a ``[rollout]`` section: every field that shapes sampling."""
         return cls(SamplingParams(r.temperature, r.top_p, r.top_k, r.max_new_tokens, seed), r.max_context,
-                   r.retry_temperature)
+                   r.retry_temperature, **context_fields(r))
+
+
+def context_fields(r) -> dict:
+    """The context strategy of a ``[rollout]`` section, as ``RolloutConfig`` keywords."""
+    return {"context": r.context, "window_turns": r.window_turns, "state_tag": r.state_tag}
+
+
+def state_instruction(tag: str) -> str:
+    """What ``markovian`` appends to the last opening message."""
+    return (f"\n\nEnd every reply with <{tag}>...</{tag}>: a short note of everything you need to remember. "
+            f"Each turn you will see only this task, your latest <{tag}> note and the latest observation.")
+
+
+def state_pattern(tag: str) -> re.Pattern:
+    return re.compile(rf"<{re.escape(tag)}>(.*?)</{re.escape(tag)}>", re.DOTALL)
+
+
+def split_state(text: str, tag: str) -> tuple[str | None, str]:
+    """(the content of the reply's last complete state block or None, the reply without
+    its state blocks: what the env parses)."""
+    pat = state_pattern(tag)
+    found = pat.findall(text)
+    return (found[-1].strip() if found else None), pat.sub("", text).strip()
+
+
+@dataclass
+class _Past:
+    """What a rebuilt context needs of one earlier turn."""
+
+    text: str  # the reply as the template will show it
+    action_ids: list[int]
+    stopped: bool
+    feedback: list[Message]
+
+
+def turn_context(cfg: RolloutConfig, chat: ChatFormat, opening: list[Message], past: list[_Past],
+                 state: str | None) -> list[int]:
+    """The ids the next action is sampled after, when turns are not stitched:
+
+    - ``full`` (a history-rewriting template): the whole conversation as the template
+      renders it (earlier replies as text);
+    - ``window``: the opening messages and the last ``window_turns`` turns (reply and the
+      env's answer), the replies' sampled ids kept as they are when the template is
+      append-only, else rendered by the template;
+    - ``markovian``: the opening messages (with the state instruction appended to the
+      last one), then an assistant message holding only the latest state block
+      ``<tag>state</tag>``, then the env's latest answer (MEM1 / IterResearch): the same
+      size whatever the turn.
+    """
+    if cfg.context == "markovian":
+        if not past:
+            return chat.render_ids(opening)
+        block = f"<{cfg.state_tag}>{state or ''}</{cfg.state_tag}>"
+        return chat.render_ids([*opening, Message("assistant", block), *past[-1].feedback])
+    kept = past[-cfg.window_turns:] if cfg.context == "window" else past
+    if chat.append_only:
+        ids = chat.prompt_ids(opening)
+        for p in kept:
+            ids += p.action_ids + chat.continuation_ids(p.feedback, p.stopped, p.action_ids[-1] if p.action_ids else None)
+        return ids
+    return chat.render_ids([*opening, *(m for p in kept for m in (Message("assistant", p.text), *p.feedback))])
 
 
 def turn_sampling(cfg: RolloutConfig, turn: int) -> SamplingParams:
@@ -94,7 +166,13 @@ def collect(
     prefixes: list[list[str]] | None = None,
 ) -> list[Episode]:
     """Run one episode per env. ``prefixes[i]`` (optional) are earlier replies replayed
-    into env ``i`` before sampling starts (kept as context, never trained)."""
+    into env ``i`` before sampling starts (kept as context, never trained).
+
+    ``full`` context with an append-only template stitches one growing token sequence
+    per episode (the engine's cross-turn KV cache extends it); every other case rebuilds
+    each turn's context (``turn_context``) and records it on the turn (``context_ids``)."""
+    if cfg.context != "full" or not chat.append_only:
+        return _collect_rebuilt(envs, seeds, group_ids, engine, chat, cfg, prefixes)
     episodes, contexts, pending, live = [], [], [], []
     for i, (env, seed, gid) in enumerate(zip(envs, seeds, group_ids)):
         opening = env_call(env, seed, None)
@@ -151,6 +229,90 @@ def collect(
                 continue
             pending[i] = obs
             contexts[i] += obs
+            still.append(i)
+        live = still
+        turn += 1
+    engine.release()
+    for ep, env in zip(episodes, envs):
+        ep.task_id = getattr(getattr(env, "task", None), "id", "")
+    return episodes
+
+
+def _collect_rebuilt(envs, seeds, group_ids, engine, chat: ChatFormat, cfg: RolloutConfig, prefixes) -> list[Episode]:
+    """``collect`` for contexts rebuilt every turn (see ``turn_context``). Markovian: the
+    env sees each reply without its state block; a reply with no complete state block is
+    a void turn (``info["state_missing"]``) and the previous state is kept."""
+    markov = cfg.context == "markovian"
+    episodes, openings, pasts, states, pending, live = [], [], [], [], [], []
+
+    def reply_state(i: int, text: str) -> tuple[str, bool]:
+        """(what the env sees, state block missing); updates the episode's state."""
+        if not markov:
+            return text, False
+        found, rest = split_state(text, cfg.state_tag)
+        if found is not None:
+            states[i] = found
+        return rest, found is None
+
+    for i, (env, seed, gid) in enumerate(zip(envs, seeds, group_ids)):
+        opening = list(env_call(env, seed, None))
+        if markov and opening:
+            last = opening[-1]
+            opening[-1] = Message(last.role, last.content + state_instruction(cfg.state_tag))
+        ep = Episode(turns=[], group_id=gid, seed=seed, messages=list(opening),
+                     gold_answer=getattr(env, "gold_answer", lambda: None)())
+        episodes.append(ep)
+        openings.append(opening)
+        pasts.append([])
+        states.append(None)
+        for text in (prefixes[i] if prefixes else []):
+            ctx = turn_context(cfg, chat, opening, pasts[i], states[i])
+            action = chat.replay_ids(text)
+            env_text, missing = reply_state(i, text)
+            step = env_call(env, seed, len(ep.turns) + 1, env_text)
+            info = {**step.record(), **({"state_missing": missing} if markov else {})}
+            ep.turns.append(Turn(ctx, action, [0.0] * len(action), text, step.reward, void=missing, frozen=True,
+                                 info=info, feedback=list(step.messages), context_ids=ctx))
+            ep.messages += [Message("assistant", text), *step.messages]
+            pasts[i].append(_Past(text, action, True, list(step.messages)))
+            if step.terminated or step.truncated or len(ep.turns) >= env.max_turns:
+                raise ValueError(f"prefix of env {i} ends the episode; it cannot start a group")
+        pending.append(turn_context(cfg, chat, opening, pasts[i], states[i]))
+        live.append(i)
+
+    member = member_index(seeds, group_ids)
+    turn = 0
+    while live:
+        sp = turn_sampling(cfg, turn)
+        temp = sp.temperature
+        t0 = time.perf_counter()
+        env_states = [getattr(envs[i], "state", lambda: None)() for i in live]  # before the action (GiGPO)
+        requests = [GenRequest(i, list(pending[i]), max(1, min(sp.max_new_tokens, cfg.max_context - len(pending[i]))),
+                               seed=mix_seed(sp.seed, seeds[i], member[i]))
+                    for i in live]
+        results = engine.generate(requests, sp)
+        latency = time.perf_counter() - t0
+        texts = [ActionText(chat.decode_action(res.token_ids), cut_off=not res.stopped) for res in results]
+        seen = [reply_state(i, t) for i, t in zip(live, texts)]
+        env_texts = [ActionText(shown, cut_off=t.cut_off) for (shown, _), t in zip(seen, texts)]
+        steps = step_envs([envs[i] for i in live], env_texts, [seeds[i] for i in live], turn)
+        still = []
+        for i, res, text, (_, missing), step, state in zip(live, results, texts, seen, steps, env_states):
+            ep, ctx = episodes[i], pending[i]
+            info = {**step.record(), **({"state_missing": missing} if markov else {})}
+            if add_turn(ep, Turn(
+                obs_ids=ctx, action_ids=res.token_ids, action_logprobs=res.logprobs, text=str(text),
+                reward=float(step.reward), void=not step.valid or missing,
+                cut_by_length=not res.stopped, temperature=temp if temp > 0 else 1.0, info=info,
+                feedback=list(step.messages), latency_s=latency, state=state, context_ids=ctx,
+            ), step, envs[i].max_turns):
+                continue
+            pasts[i].append(_Past(str(text), res.token_ids, res.stopped, list(step.messages)))
+            nxt = turn_context(cfg, chat, openings[i], pasts[i], states[i])
+            if len(nxt) + 1 > cfg.max_context:
+                ep.truncated, ep.truncated_by = True, "context"
+                continue
+            pending[i] = nxt
             still.append(i)
         live = still
         turn += 1

@@ -25,7 +25,7 @@ from turnrl.evaluate import EngineRunner, evaluate
 from turnrl.logging import RunLogger
 from turnrl.metrics import episode_metrics
 from turnrl.recipes import apply_turn_penalty, branch_points, check_recipes, turn_cap
-from turnrl.rollout import RolloutConfig, collect, require_correct
+from turnrl.rollout import RolloutConfig, collect, context_fields, require_correct
 from turnrl.types import Episode, Turn
 
 
@@ -86,7 +86,7 @@ class Trainer:
     def rollout_config(self, step: int) -> RolloutConfig:
         r = self.cfg.rollout
         sp = SamplingParams(r.temperature, r.top_p, r.top_k, r.max_new_tokens, seed=self.cfg.train.seed * 100_003 + step)
-        return RolloutConfig(sp, r.max_context, r.retry_temperature)
+        return RolloutConfig(sp, r.max_context, r.retry_temperature, **context_fields(r))
 
     def train_env_maker(self, step: int):
         """Constructor of training envs at ``step``: the env's cap, or the cap
@@ -378,7 +378,7 @@ class Trainer:
                 stats = self.update(eps)
                 self.step += 1
                 dt = time.time() - t0
-                tokens = sum(len(e.token_ids) for e in eps)
+                tokens = sum(e.num_tokens for e in eps)
                 row = {**episode_metrics([e for e in eps if e.group_id >= 0], self.max_turns), **stats,
                        "rollout_seconds": t_roll, "step_seconds": dt, "tokens_per_second": tokens / dt}
                 log.log("train", self.step, row)

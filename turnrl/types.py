@@ -69,7 +69,13 @@ class Step:
 
 @dataclass
 class Turn:
-    """One action of the policy and the observation tokens that preceded it."""
+    """One action of the policy and the observation tokens that preceded it.
+
+    Append-only episodes (the context only grows): ``obs_ids`` are the tokens added since
+    the previous action and ``context_ids`` is None. A turn whose context was rebuilt
+    (Markovian state, a window of turns, a template that rewrites history) carries its
+    whole context in ``context_ids`` (and the same ids in ``obs_ids``): the action was
+    sampled right after exactly those ids, and the learner scores it there."""
 
     obs_ids: list[int]  # tokens the env and chat template added before this action; never trained
     action_ids: list[int]  # exactly as sampled
@@ -85,6 +91,7 @@ class Turn:
     latency_s: float = 0.0  # wall time of the generate call that produced the action (batched: the batch's)
     completion_tokens: int | None = None  # token count when ids are unknown (HTTP endpoints)
     state: Any = None  # hashable Env.state() before this action (GiGPO's anchor state); None if the env has none
+    context_ids: list[int] | None = None  # the full ids the action was sampled after, when not append-only
 
     @property
     def num_tokens(self) -> int:
@@ -105,22 +112,55 @@ class Episode:
     gold_answer: str | None = None  # Env.gold_answer() of the instance (IGPO's teacher-forced target)
 
     @property
+    def append_only(self) -> bool:
+        """Every turn's context is the previous turn's context + action + obs_ids: the
+        episode is one token sequence (``token_ids``)."""
+        return all(t.context_ids is None for t in self.turns)
+
+    def contexts(self) -> list[list[int]]:
+        """The ids each turn's action was sampled after, one list per turn: the growing
+        sequence for append-only turns, ``context_ids`` for rebuilt ones."""
+        out, ctx = [], []
+        for t in self.turns:
+            ctx = list(t.context_ids) if t.context_ids is not None else ctx + list(t.obs_ids)
+            out.append(ctx)
+            ctx = ctx + list(t.action_ids)
+        return out
+
+    @property
+    def num_tokens(self) -> int:
+        """Tokens the model reads to score the episode: the sequence of an append-only
+        episode; the sum of every turn's context and action otherwise."""
+        if self.append_only:
+            return sum(len(t.obs_ids) + len(t.action_ids) for t in self.turns)
+        return sum(len(c) + len(t.action_ids) for c, t in zip(self.contexts(), self.turns))
+
+    def _one_sequence(self, what: str) -> None:
+        if not self.append_only:
+            raise ValueError(f"Episode.{what}: the episode's turns have their own contexts (not append-only); "
+                             "use Episode.contexts() per turn")
+
+    @property
     def token_ids(self) -> list[int]:
+        self._one_sequence("token_ids")
         return [t for turn in self.turns for t in (*turn.obs_ids, *turn.action_ids)]
 
     @property
     def loss_mask(self) -> list[bool]:
         """True exactly on sampled action tokens."""
+        self._one_sequence("loss_mask")
         return [m for turn in self.turns
                 for m in (*([False] * len(turn.obs_ids)), *([not turn.frozen] * len(turn.action_ids)))]
 
     @property
     def turn_index(self) -> list[int]:
         """Index of the turn each token belongs to (obs tokens belong to the turn they precede)."""
+        self._one_sequence("turn_index")
         return [i for i, turn in enumerate(self.turns) for _ in range(len(turn.obs_ids) + len(turn.action_ids))]
 
     @property
     def temperatures(self) -> list[float]:
+        self._one_sequence("temperatures")
         return [t.temperature for t in self.turns for _ in range(len(t.obs_ids) + len(t.action_ids))]
 
     @property

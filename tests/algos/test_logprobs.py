@@ -1,3 +1,4 @@
+import pytest
 import torch
 
 from tests.conftest import make_tiny_model
@@ -50,3 +51,45 @@ def test_logprobs_per_episode_match_a_plain_forward():
                 m = torch.tensor(ep.loss_mask[1:])
                 assert torch.allclose(lp, full.gather(-1, ids[0, 1:, None]).squeeze(-1)[m], atol=1e-5)
                 assert torch.allclose(ent, -(full.exp() * full).sum(-1)[m], atol=1e-4)
+
+
+def test_turns_with_their_own_contexts_are_scored_each_in_its_context():
+    """A rebuilt (not append-only) episode: each live turn scored after its own
+    context_ids, one value per trained token in live-turn order; frozen turns skipped;
+    hidden states and entropies aligned the same way."""
+    g = torch.Generator().manual_seed(3)
+    rand = lambda n: torch.randint(10, 40000, (n,), generator=g).tolist()
+    q = rand(6)
+    c0, c1, c2 = q + rand(3), q + rand(5), q + rand(2)  # each turn: the question + a different rest
+    a0, a1, a2 = rand(2), rand(3), rand(4)
+    ep = Episode([Turn(c0, a0, [0.0] * 2, frozen=True, context_ids=c0), Turn(c1, a1, [0.0] * 3, context_ids=c1),
+                  Turn(c2, a2, [0.0] * 4, temperature=0.5, context_ids=c2)], 0)
+    model = make_tiny_model(2)
+    with torch.no_grad():
+        lps, ents, hid = group_logprobs(model, [ep], with_entropy=True, return_hidden=True)
+        want = []
+        for ctx, act, tau in ((c1, a1, 1.0), (c2, a2, 0.5)):
+            ids = torch.tensor([ctx + act])
+            logits = model(ids).logits[0, len(ctx) - 1:-1].float() / tau
+            want.append(torch.log_softmax(logits, -1).gather(-1, torch.tensor(act)[:, None]).squeeze(-1))
+    assert lps[0].shape == (7,) and ents[0].shape == (7,) and hid[0].shape == (7, 32)
+    assert torch.allclose(lps[0], torch.cat(want), atol=1e-5)
+    with pytest.raises(ValueError, match="not append-only"):
+        ep.token_ids
+
+
+def test_gold_beliefs_teacher_force_after_each_turns_own_context(chat):
+    from turnrl.algos.logprobs import gold_beliefs
+
+    q = chat.encode("Question?")
+    c0, c1 = q + chat.encode(" state one"), q + chat.encode(" a different state")
+    a0, a1 = chat.encode(" 4"), chat.encode(" 5")
+    ep = Episode([Turn(c0, a0, [0.0], context_ids=c0), Turn(c1, a1, [0.0], context_ids=c1)], 0, gold_answer="5")
+    model = make_tiny_model(4)
+    gold = chat.encode("5")
+    want = []
+    with torch.no_grad():
+        for ctx in (c0, c1):  # b_k = exp(mean log p(gold | context_k)), context_k as sampled
+            logp = torch.log_softmax(model(torch.tensor([ctx + gold])).logits[0].float(), -1)
+            want.append(float(torch.exp(logp[len(ctx) - 1:-1].gather(-1, torch.tensor(gold)[:, None]).mean())))
+    assert gold_beliefs(model, [ep], chat)[0] == pytest.approx(want, rel=1e-4)

@@ -6,6 +6,8 @@ cache (with gradients) is reused by every episode of the group.
 """
 from __future__ import annotations
 
+from dataclasses import replace
+
 import torch
 from torch.utils.checkpoint import checkpoint
 from transformers import DynamicCache
@@ -94,7 +96,14 @@ def group_logprobs(
     tensor per episode, in token order. Episodes should share a prompt (one GRPO group)
     for the prefix sharing to pay off; any list is correct. With ``return_hidden``, a third
     element: the detached hidden state that predicts each trained token, (n_tokens, C) per
-    episode (what critics read)."""
+    episode (what critics read).
+
+    An episode whose turns have their own contexts (not append-only) is scored turn by
+    turn: each live turn's action in exactly the ids it was sampled after, all turns of
+    all episodes in one batch (sharing their common prefix, e.g. the question); the
+    result is the same one value per trained token, in live-turn order."""
+    if not all(ep.append_only for ep in episodes):
+        return _per_turn_logprobs(model, episodes, chunk, with_entropy, share_prefix, return_hidden)
     seqs = [ep.token_ids for ep in episodes]
     masks = [ep.loss_mask for ep in episodes]
     temps_all = [ep.temperatures for ep in episodes]
@@ -138,6 +147,32 @@ def group_logprobs(
     return out
 
 
+def turn_samples(ep: Episode) -> list[Episode]:
+    """One single-turn episode per live turn of ``ep``: the turn's full context as its
+    observation and its action, exactly as sampled."""
+    return [Episode([replace(t, obs_ids=list(ctx), context_ids=None)], ep.group_id)
+            for ctx, t in zip(ep.contexts(), ep.turns) if not t.frozen]
+
+
+def _per_turn_logprobs(model, episodes, chunk, with_entropy, share_prefix, return_hidden):
+    samples = [turn_samples(ep) for ep in episodes]
+    flat = [s for per in samples for s in per]
+    n_out = 3 if return_hidden else 2
+    if not flat:
+        empty = [torch.zeros(0) for _ in episodes]
+        return tuple(empty if j != 1 or with_entropy else None for j in range(n_out))
+    res = group_logprobs(model, flat, chunk, with_entropy, share_prefix, return_hidden)
+
+    def regroup(parts):  # per-turn tensors -> one tensor per episode, in live-turn order
+        out, k = [], 0
+        for per in samples:
+            out.append(torch.cat(parts[k:k + len(per)]) if per else torch.zeros(0))
+            k += len(per)
+        return out
+
+    return tuple(regroup(r) if r is not None else None for r in res)
+
+
 @torch.no_grad()
 def gold_beliefs(model, episodes: list[Episode], chat, batch: int = 16) -> list[list[float]]:
     """IGPO's belief (arXiv 2510.14967): for each live turn k of each episode, the geometric
@@ -150,12 +185,9 @@ def gold_beliefs(model, episodes: list[Episode], chat, batch: int = 16) -> list[
             raise ValueError(f"igpo: episode {i} (group {ep.group_id}) has no gold answer; the env must "
                              "implement Env.gold_answer()")
         gold = chat.encode(ep.gold_answer)
-        ctx: list[int] = []
-        for turn in ep.turns:
-            ctx = ctx + list(turn.obs_ids)
+        for ctx, turn in zip(ep.contexts(), ep.turns):
             if not turn.frozen:
                 jobs.append((i, ctx + gold, len(gold)))
-            ctx = ctx + list(turn.action_ids)
     was_training = model.training
     model.eval()
     beliefs: list[list[float]] = [[] for _ in episodes]
