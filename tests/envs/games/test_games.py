@@ -39,6 +39,17 @@ def test_guess_number_hints_and_reference_score():
     assert scores(GuessNumberEnv(split="eval"), BinarySearchPlayer, 200) == (200, 1.0, 5.75)
 
 
+def test_guess_number_format_penalty_by_hand():
+    e = GuessNumberEnv(low=1, high=100, format_penalty=0.1)
+    e.reset(0)
+    assert e.step("no number").reward == -0.1  # a reply without a number costs the penalty
+    guess = 51 if e.secret == 50 else 50
+    assert e.step(str(guess)).reward == 0.0  # a valid wrong guess costs nothing
+    assert GuessNumberEnv().format_penalty == 0.0  # off by default
+    with pytest.raises(ValueError, match="format_penalty"):
+        GuessNumberEnv(format_penalty=-1)
+
+
 def test_wordle_marks_by_hand():
     assert score("crane", "crane") == "GGGGG"
     assert score("allee", "eagle") == "YY.YG"  # after the green E: one A, one L, one E left to colour

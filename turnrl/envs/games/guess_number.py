@@ -17,11 +17,14 @@ class GuessNumberEnv(GameEnv):
     max_turns = 7
 
     def __init__(self, low: int = 1, high: int = 100, max_turns: int | None = None, split: str = "train",
-                 eval_fraction: float = 0.2):
+                 eval_fraction: float = 0.2, format_penalty: float = 0.0):
         super().__init__(max_turns, split)
         if low >= high:
             raise ValueError(f"low={low} must be below high={high}")
+        if format_penalty < 0:
+            raise ValueError(f"format_penalty={format_penalty} must be >= 0 (it is subtracted)")
         self.low, self.high = low, high
+        self.format_penalty = format_penalty  # per reply without a number, as UFO's format penalty (arXiv 2507.14295)
         train, ev = hold_out(range(low, high + 1), eval_fraction, f"guess_number:{low}:{high}")
         self.secrets = ev if self.split == "eval" else train
 
@@ -45,7 +48,8 @@ class GuessNumberEnv(GameEnv):
         last = self.advance()
         nums = _INT.findall(action)
         if not nums:
-            return self.reply(f"Please reply with one integer between {self.low} and {self.high}.", 0.0, last, False, None)
+            return self.reply(f"Please reply with one integer between {self.low} and {self.high}.",
+                              -self.format_penalty, last, False, None)
         guess = int(nums[-1])
         if guess == self.secret:
             return self.end(1.0, True, str(guess), {"secret": self.secret})
