@@ -156,6 +156,14 @@ def step_envs(envs: list[Env], actions: list[str], seeds: list[int] | None = Non
     return [call() for call in calls]
 
 
+def _requests(live: list[int], contexts: list[list[int]], sp: SamplingParams, cfg: RolloutConfig, seeds: list[int],
+              member: list[int]) -> list[GenRequest]:
+    """One request per live episode, each with its own budget (the turn limit, or its room
+    left in the context) and its own seed; the ids are a copy (contexts grow in place)."""
+    return [GenRequest(i, list(contexts[i]), max(1, min(sp.max_new_tokens, cfg.max_context - len(contexts[i]))),
+                       seed=mix_seed(sp.seed, seeds[i], member[i])) for i in live]
+
+
 def collect(
     envs: list[Env],
     seeds: list[int],
@@ -203,10 +211,7 @@ def collect(
         temp = sp.temperature
         t0 = time.perf_counter()
         states = [getattr(envs[i], "state", lambda: None)() for i in live]  # before the action (GiGPO)
-        # each episode's own budget: the turn limit, or its room left in the context
-        requests = [GenRequest(i, list(contexts[i]), max(1, min(sp.max_new_tokens, cfg.max_context - len(contexts[i]))),
-                               seed=mix_seed(sp.seed, seeds[i], member[i]))
-                    for i in live]  # a copy of the ids: contexts grow in place
+        requests = _requests(live, contexts, sp, cfg, seeds, member)
         results = engine.generate(requests, sp)
         latency = time.perf_counter() - t0
         still = []
@@ -287,9 +292,7 @@ def _collect_rebuilt(envs, seeds, group_ids, engine, chat: ChatFormat, cfg: Roll
         temp = sp.temperature
         t0 = time.perf_counter()
         env_states = [getattr(envs[i], "state", lambda: None)() for i in live]  # before the action (GiGPO)
-        requests = [GenRequest(i, list(pending[i]), max(1, min(sp.max_new_tokens, cfg.max_context - len(pending[i]))),
-                               seed=mix_seed(sp.seed, seeds[i], member[i]))
-                    for i in live]
+        requests = _requests(live, pending, sp, cfg, seeds, member)
         results = engine.generate(requests, sp)
         latency = time.perf_counter() - t0
         texts = [ActionText(chat.decode_action(res.token_ids), cut_off=not res.stopped) for res in results]
