@@ -14,11 +14,12 @@ same number of episodes; multi-turn episodes hold more turns).
 (a) UFO's comparison (arXiv 2507.14295) on free-form two-digit addition: single-turn RL
     (training with 1 attempt) vs multi-turn UFO training (5 attempts), both evaluated with 5
     attempts and the feedback message.
-(b) estimators on guess-the-number over 1..100 (configs/guess_number.toml), where turn
-    credit matters: grpo, turn_returns, gigpo, igpo, gae, archer, seeupo, refuel.
+(b) estimators on guess-the-number over 1..100 (configs/guess_number.toml with
+    format_penalty 0.1), where turn credit matters: grpo, turn_returns, gigpo, igpo, gae,
+    archer, seeupo, refuel.
 (c) SimpleTIR void-turn masking (arXiv 2509.02479) on and off on the code-tool env.
-(d) Mini-o3 over-turn masking (arXiv 2509.07969): trained with a 3-turn cap, evaluated with
-    3 and 8 turns.
+(d) Mini-o3 over-turn masking (arXiv 2509.07969) on the same game: trained with a 3-turn
+    cap, evaluated with 3 and 8 turns.
 """
 from __future__ import annotations
 
@@ -42,14 +43,17 @@ ARITH = ["--task.source", "arithmetic", "--task.digits", "2", "--task.operators"
          "--rollout.temperature", "0.7", "--rollout.max_context", "512",
          "--train.steps", "8", "--train.lr", "5e-6", "--eval.num_tasks", "50", "--eval.pass_k", "5",
          "--eval.max_new_tokens", "16"]
-GUESS = [str(ROOT / "configs" / "guess_number.toml"),
+# the game with its format penalty on: without it most steps of a short run see no win and
+# train nothing (bench/results/guess_number.json)
+GUESS_KWARGS = ["--env.kwargs", '{"low": 1, "high": 100, "eval_fraction": 0.5, "format_penalty": 0.1}']
+GUESS = [str(ROOT / "configs" / "guess_number.toml"), *GUESS_KWARGS,
          "--rollout.prompts_per_step", "4", "--rollout.group_size", "4", "--train.steps", "8",
          "--eval.num_tasks", "50", "--eval.pass_k", "0"]
 TIR = ["--env.name", "tir", "--task.source", "arithmetic", "--task.digits", "3", "--task.operators", "*",
        "--rollout.prompts_per_step", "2", "--rollout.group_size", "4", "--rollout.max_new_tokens", "64",
        "--rollout.max_context", "1024", "--train.steps", "6", "--train.lr", "2e-6",
        "--eval.num_tasks", "20", "--eval.pass_k", "0", "--eval.max_new_tokens", "64"]
-MINI_O3 = [str(ROOT / "configs" / "guess_number.toml"), "--env.max_turns", "3",
+MINI_O3 = [str(ROOT / "configs" / "guess_number.toml"), *GUESS_KWARGS, "--env.max_turns", "3",
            "--rollout.prompts_per_step", "4", "--rollout.group_size", "4", "--train.steps", "8",
            "--eval.num_tasks", "50", "--eval.pass_k", "0"]
 
