@@ -12,8 +12,7 @@ from typing import Callable
 
 import torch
 
-from turnrl.algos.base import groups_of
-from turnrl.algos.core import episode_returns
+from turnrl.algos.core import episode_returns, top_std_keep, zero_variance_keep
 from turnrl.types import Episode
 
 Keep = list[list[bool]]
@@ -54,26 +53,16 @@ def repeat(episodes: list[Episode], cfg) -> Keep:
 def zero_variance(episodes: list[Episode], cfg) -> Keep:
     """DAPO dynamic sampling (arXiv 2503.14476) / StarPO-S: drop groups whose returns are
     all equal (zero advantage for every estimator that centres on the group)."""
-    r = episode_returns(episodes)
-    keep = [True] * len(episodes)
-    for idx in groups_of(episodes).values():
-        g = r[idx]
-        if float(g.max() - g.min()) < 1e-9:
-            for i in idx:
-                keep[i] = False
-    return [_all(e, k) for e, k in zip(episodes, keep)]
+    keep = zero_variance_keep(episode_returns(episodes), [e.group_id for e in episodes])
+    return [_all(e, bool(k)) for e, k in zip(episodes, keep)]
 
 
 def top_variance(episodes: list[Episode], cfg) -> Keep:
     """StarPO-S (RAGEN, arXiv 2504.20073) / RAGEN-2 SNR-aware filtering (arXiv 2604.06268):
     keep the ``top_variance_fraction`` of groups with the highest return variance (at least
-    one group; ties keep the earlier group)."""
-    r = episode_returns(episodes)
-    groups = list(groups_of(episodes).items())
-    var = [float(r[idx].var(unbiased=False)) for _, idx in groups]
-    n_keep = max(1, round(cfg.top_variance_fraction * len(groups)))
-    kept = {groups[i][0] for i in sorted(range(len(groups)), key=lambda i: (-var[i], i))[:n_keep]}
-    return [_all(e, e.group_id in kept) for e in episodes]
+    one group; ties keep the lower group id)."""
+    keep = top_std_keep(episode_returns(episodes), [e.group_id for e in episodes], cfg.top_variance_fraction)
+    return [_all(e, bool(k)) for e, k in zip(episodes, keep)]
 
 
 MASKS: dict[str, Callable[[list[Episode], object], Keep]] = {
