@@ -156,12 +156,20 @@ def step_envs(envs: list[Env], actions: list[str], seeds: list[int] | None = Non
     return [call() for call in calls]
 
 
-def _requests(live: list[int], contexts: list[list[int]], sp: SamplingParams, cfg: RolloutConfig, seeds: list[int],
-              member: list[int]) -> list[GenRequest]:
-    """One request per live episode, each with its own budget (the turn limit, or its room
-    left in the context) and its own seed; the ids are a copy (contexts grow in place)."""
-    return [GenRequest(i, list(contexts[i]), max(1, min(sp.max_new_tokens, cfg.max_context - len(contexts[i]))),
-                       seed=mix_seed(sp.seed, seeds[i], member[i])) for i in live]
+def _sample(envs, live: list[int], contexts: list[list[int]], sp: SamplingParams, cfg: RolloutConfig,
+            seeds: list[int], member: list[int], engine: Engine, chat: ChatFormat):
+    """One batched turn for the live episodes: their env states before the action (GiGPO),
+    one request each with its own budget (the turn limit, or its room left in the context)
+    and its own seed, the results, the replies as ActionText (the env sees whether the token
+    limit cut a reply off), and the generate call's seconds."""
+    t0 = time.perf_counter()
+    states = [getattr(envs[i], "state", lambda: None)() for i in live]
+    requests = [GenRequest(i, list(contexts[i]), max(1, min(sp.max_new_tokens, cfg.max_context - len(contexts[i]))),
+                           seed=mix_seed(sp.seed, seeds[i], member[i])) for i in live]  # a copy: contexts grow
+    results = engine.generate(requests, sp)
+    latency = time.perf_counter() - t0
+    texts = [ActionText(chat.decode_action(res.token_ids), cut_off=not res.stopped) for res in results]
+    return states, results, texts, latency
 
 
 def collect(
@@ -209,14 +217,8 @@ def collect(
     while live:
         sp = turn_sampling(cfg, turn)
         temp = sp.temperature
-        t0 = time.perf_counter()
-        states = [getattr(envs[i], "state", lambda: None)() for i in live]  # before the action (GiGPO)
-        requests = _requests(live, contexts, sp, cfg, seeds, member)
-        results = engine.generate(requests, sp)
-        latency = time.perf_counter() - t0
+        states, results, texts, latency = _sample(envs, live, contexts, sp, cfg, seeds, member, engine, chat)
         still = []
-        # the env sees each reply with whether the token limit cut it off (ActionText.cut_off)
-        texts = [ActionText(chat.decode_action(res.token_ids), cut_off=not res.stopped) for res in results]
         steps = step_envs([envs[i] for i in live], texts, [seeds[i] for i in live], turn)  # model output never crashes a run: envs parse defensively
         for i, res, text, step, state in zip(live, results, texts, steps, states):
             ep = episodes[i]
@@ -290,12 +292,7 @@ def _collect_rebuilt(envs, seeds, group_ids, engine, chat: ChatFormat, cfg: Roll
     while live:
         sp = turn_sampling(cfg, turn)
         temp = sp.temperature
-        t0 = time.perf_counter()
-        env_states = [getattr(envs[i], "state", lambda: None)() for i in live]  # before the action (GiGPO)
-        requests = _requests(live, pending, sp, cfg, seeds, member)
-        results = engine.generate(requests, sp)
-        latency = time.perf_counter() - t0
-        texts = [ActionText(chat.decode_action(res.token_ids), cut_off=not res.stopped) for res in results]
+        env_states, results, texts, latency = _sample(envs, live, pending, sp, cfg, seeds, member, engine, chat)
         seen = [reply_state(i, t) for i, t in zip(live, texts)]
         env_texts = [ActionText(shown, cut_off=t.cut_off) for (shown, _), t in zip(seen, texts)]
         steps = step_envs([envs[i] for i in live], env_texts, [seeds[i] for i in live], turn)
