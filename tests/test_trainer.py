@@ -88,7 +88,7 @@ def test_nan_loss_skips_the_update_and_the_run_goes_on(tmp_path, tokenizer):
         loss, extra = good.loss(x, cfg)
         return loss * float("nan"), extra
 
-    t.algo = replace(good, loss=nan_loss)
+    t.learner.algo = replace(good, loss=nan_loss)
     t.train()
     assert all(torch.equal(before[k], v) for k, v in weights(model).items())
     rows = [json.loads(l) for l in (tmp_path / "n" / "metrics.jsonl").read_text().splitlines() if '"train"' in l]

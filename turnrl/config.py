@@ -285,7 +285,11 @@ class RunConfig(Section):
                              "ignored; configure it with env.kwargs")
         from turnrl.algos.base import get_algorithm
 
-        if "pairs" in get_algorithm(self.algo.name).needs and self.rollout.group_size % 2:
+        algo = get_algorithm(self.algo.name)
+        if self.scale.max_staleness > 0 and not algo.corrects_staleness:
+            raise ValueError(f"scale.max_staleness = {self.scale.max_staleness}: algorithm {self.algo.name!r} has no "
+                             "correction for episodes sampled by an older policy; use max_staleness = 0")
+        if "pairs" in algo.needs and self.rollout.group_size % 2:
             raise ValueError(f"rollout.group_size = {self.rollout.group_size} is odd: algorithm {self.algo.name!r} "
                              "trains pairs of episodes of a group, so the group size must be even")
         return self

@@ -3,34 +3,35 @@ from __future__ import annotations
 
 import copy
 import json
-import sys
-import math
 import random
+import sys
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import replace
-from collections import defaultdict
 from pathlib import Path
 
 import torch
 
 from turnrl import checkpoint
-from turnrl.algos import Aux, LossInputs, get_algorithm
-from turnrl.algos.base import check_needs, token_turn_ids
-from turnrl.algos.logprobs import gold_beliefs, group_logprobs
-from turnrl.algos.masks import apply_masks, token_keep
+from turnrl.algos import get_algorithm
+from turnrl.algos.base import check_needs
 from turnrl.build import build_engine, build_policy, env_factory, episode_turns
 from turnrl.config import RunConfig
 from turnrl.engine.base import SamplingParams
 from turnrl.evaluate import EngineRunner, evaluate
+from turnrl.learner import Learner
 from turnrl.logging import RunLogger
 from turnrl.metrics import episode_metrics
 from turnrl.recipes import apply_turn_penalty, branch_points, check_recipes, turn_cap
-from turnrl.rollout import RolloutConfig, collect, context_fields, require_correct
+from turnrl.rollout import RolloutConfig, context_fields, require_correct
+from turnrl.scale.sampler import LocalSampler, TrainEnvs
 from turnrl.types import Episode, Turn
 
 
-def _pad(rows: list[torch.Tensor], value: float = 0.0) -> torch.Tensor:
-    return torch.nn.utils.rnn.pad_sequence(rows, batch_first=True, padding_value=value)  # (B, T_max)
+def _done(value) -> Future:
+    f: Future = Future()
+    f.set_result(value)
+    return f
 
 
 class RunDirError(RuntimeError):
@@ -53,25 +54,34 @@ class Trainer:
         for setting in ("rise_groups", "turn_penalty"):
             if getattr(cfg.rollout, setting):
                 self._probe_correct(f"rollout.{setting}")
-        self._capped_envs: dict = {}  # turn cap -> training env constructor
         if model is None:
             model, tokenizer = build_policy(cfg)
         self.model, self.tok = model, tokenizer
         self.engine, self.chat = build_engine(model, tokenizer)
-        self.critic = self.algo.make_critic(model, cfg.algo) if self.algo.make_critic else None
-        self.phases = self.algo.phases
-        self._audited = False
-        self.ref = None
-        if self.algo.needs_ref(cfg.algo) and cfg.model.finetune == "full":
-            self.ref = copy.deepcopy(model).eval().requires_grad_(False)
-        params = [p for p in model.parameters() if p.requires_grad]
-        self.opt = torch.optim.AdamW(params, lr=cfg.train.lr, betas=cfg.train.betas, weight_decay=cfg.train.weight_decay,
-                                     fused=True)  # one kernel for all parameters (CPU and CUDA)
-        warm = cfg.train.warmup_steps
-        self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lambda s: min(1.0, (s + 1) / warm) if warm else 1.0)
+        self.learner = Learner(cfg, model, self.chat)
+        self.sampler = self._make_sampler()
+        self._pool: ThreadPoolExecutor | None = None  # asynchronous rollouts (scale.max_staleness > 0)
+        self._ahead: dict[int, Future] = {}  # step -> its episodes, sampled ahead of the update
         self.run_dir = Path(cfg.train.out_dir)
         self.step, self.data_pos = 0, 0
-        self.compute_dtype = torch.bfloat16 if cfg.model.dtype == "bf16" else None
+
+    @property
+    def critic(self):
+        return self.learner.critic
+
+    def _make_sampler(self):
+        """Rollouts in this process (from the learner's own model; from a copy of it when
+        they run ahead of the update), or on Ray rollout workers (``scale.rollout_workers``)."""
+        sc = self.cfg.scale
+        envs = TrainEnvs(self.cfg, self.max_turns)
+        if sc.rollout_workers:
+            from turnrl.scale.ray_rollout import RayRolloutPool
+
+            return RayRolloutPool(self.cfg, envs, self.model)
+        if sc.max_staleness == 0:
+            return LocalSampler(self.cfg, self.engine, self.chat, envs)
+        engine, _ = build_engine(copy.deepcopy(self.model), self.tok)
+        return LocalSampler(self.cfg, engine, self.chat, envs, own_weights=True)
 
     def _probe_correct(self, setting: str) -> None:
         """Settings that pick or reward episodes by correctness need ``Step.correct``: play
@@ -88,23 +98,19 @@ class Trainer:
         sp = SamplingParams(r.temperature, r.top_p, r.top_k, r.max_new_tokens, seed=self.cfg.train.seed * 100_003 + step)
         return RolloutConfig(sp, r.max_context, r.retry_temperature, **context_fields(r))
 
-    def train_env_maker(self, step: int):
-        """Constructor of training envs at ``step``: the env's cap, or the cap
+    def turn_cap(self, step: int) -> int:
+        """Turn cap of training episodes at ``step``: the env's, or the one
         ``rollout.max_turns_schedule`` sets from that step on (WMAct annealing)."""
-        cap = turn_cap(self.cfg.rollout.max_turns_schedule, step, self.max_turns)
-        if cap == self.max_turns:
-            return self.make_env
-        if cap not in self._capped_envs:
-            self._capped_envs[cap] = env_factory(self.cfg, "train", max_turns=cap)
-        return self._capped_envs[cap]
+        return turn_cap(self.cfg.rollout.max_turns_schedule, step, self.max_turns)
 
-    def collect(self, step: int) -> list[Episode]:
+    def collect(self, step: int, data_pos: int | None = None) -> list[Episode]:
+        """The episodes of ``step``: its groups (tasks from ``data_pos``, default the
+        trainer's position), then any RISE and branch groups."""
         r = self.cfg.rollout
-        make_env = self.train_env_maker(step)
-        seeds = [self.data_pos + i for i in range(r.prompts_per_step)]
-        envs = [make_env() for _ in range(r.prompts_per_step * r.group_size)]
+        data_pos = self.data_pos if data_pos is None else data_pos
+        seeds = [data_pos + i for i in range(r.prompts_per_step)]
         all_seeds = [s for s in seeds for _ in range(r.group_size)]
-        eps = collect(envs, all_seeds, all_seeds, self.engine, self.chat, self.rollout_config(step))
+        eps = self.sampler.collect(self.turn_cap(step), all_seeds, all_seeds, self.rollout_config(step))
         extra = []
         if r.rise_groups:
             extra += self.collect_rise(step, eps)
@@ -150,176 +156,34 @@ class Trainer:
         if not starts:
             return []
         r = self.cfg.rollout
-        make_env = self.train_env_maker(step)
-        envs = [make_env() for _ in range(len(starts) * r.group_size)]
         seeds = [s for s, _ in starts for _ in range(r.group_size)]
         gids = [first_gid - i for i in range(len(starts)) for _ in range(r.group_size)]  # own groups
         prefixes = [list(texts) for _, texts in starts for _ in range(r.group_size)]
         cfg = self.rollout_config(step)
         cfg = replace(cfg, sampling=replace(cfg.sampling, seed=cfg.sampling.seed + seed_offset))
-        return collect(envs, seeds, gids, self.engine, self.chat, cfg, prefixes=prefixes)
+        return self.sampler.collect(self.turn_cap(step), seeds, gids, cfg, prefixes=prefixes)
 
     # -- update --------------------------------------------------------------------------
     def update(self, eps: list[Episode]) -> dict[str, float]:
-        """Masks -> advantages -> ``ppo_epochs`` x ``minibatches`` optimizer steps (or one per
-        phase). Advantages use every episode (a masked trajectory's reward still counts in
-        its group); only kept turns are trained."""
-        acfg, algo = self.cfg.algo, self.algo
-        keep, stats = apply_masks(eps, acfg, acfg.masks)
-        stats = dict(stats)
-        train = [i for i, e in enumerate(eps) if e.num_action_tokens > 0 and any(keep[i])]
-        stats.update({"episodes_masked": float(len(eps) - len(train)), "episodes_trained": float(len(train))})
-        if not train:
-            stats["update_skipped"] = 1.0
-            return stats
-        stats["update_skipped"] = 0.0
-        self._audited = False
-        aux = Aux(n_sampled=len(eps))
-        if "belief" in algo.needs:
-            aux.beliefs = gold_beliefs(self.model, eps, self.chat, self.cfg.train.logprob_chunk)
-        multi = acfg.ppo_epochs * acfg.minibatches > 1 or self.phases is not None
-        if multi or self.critic is not None:
-            # the behaviour policy: the learner before this update (ratio exactly 1 at the start)
-            aux.old_logprobs, feats = self._learner_pass(eps, train, want_hidden=self.critic is not None)
-            if self.critic is not None:
-                stats.update(self.critic.prepare(eps, train, feats, aux, acfg))
-        sums: dict[str, float] = defaultdict(float)
-        grad_norms, n_steps = [], 0
-        for phase in (self.phases(eps, acfg) if self.phases is not None else [None]):
-            aux.phase = phase
-            if phase is not None:
-                aux.logprobs, _ = self._learner_pass(eps, train, want_hidden=False)
-            adv = algo.advantages(eps, acfg, aux)
-            for _ in range(acfg.ppo_epochs):
-                for mb in self._minibatches(eps, train):
-                    gn, part = self._optimizer_step(eps, mb, adv, keep, aux)
-                    self._audited = True
-                    grad_norms.append(gn)
-                    n_steps += 1
-                    for k, v in part.items():
-                        sums[k] += v
-        if self.critic is not None:
-            stats.update(self.critic.update(acfg))
-        self.engine.load_weights(self.model)
-        n_tok = max(1.0, sums["tokens"])
-        stats.update({
-            "loss": sums["loss"] / max(1, n_steps), "grad_norm": max(grad_norms), "lr": self.sched.get_last_lr()[0],
-            "kl": sums["kl"] / n_tok, "entropy": sums["entropy"] / n_tok, "clip_frac": sums["clipped"] / n_tok,
-            "ratio_mean": sums["ratio"] / n_tok, "trained_tokens": sums["tokens"] / max(1, n_steps) * 1.0,
-            "optimizer_steps": float(n_steps), "nan_skipped": float(sums["nan_skipped"] > 0),
-        })
-        if sums["audit_tokens"]:  # sampler vs learner log-probs of the trained tokens, before any update
-            stats["sampler_drift_mean"] = sums["audit_sum"] / sums["audit_tokens"]
-            stats["sampler_drift_max"] = sums["audit_max"]
+        """The learner's update on ``eps``; then the sampler gets the new weights."""
+        stats = self.learner.update(eps)
+        if not stats.get("update_skipped"):
+            self.engine.load_weights(self.model)
+        self.sampler.publish(self.model, self.step + 1)
+        bound = self.cfg.scale.drift_bound
+        if "sampler_drift_mean" in stats:
+            stats["drift_warning"] = float(stats["sampler_drift_mean"] > bound)
+            if stats["drift_warning"]:
+                print(f"turnrl: step {self.step + 1}: sampler and learner log-probs differ by "
+                      f"{stats['sampler_drift_mean']:.3g} on average (max {stats['sampler_drift_max']:.3g}), above "
+                      f"scale.drift_bound = {bound}", file=sys.stderr)
         return stats
-
-    def _minibatches(self, eps: list[Episode], train: list[int]) -> list[list[int]]:
-        """Whole groups, split into ``minibatches`` contiguous chunks of near-equal size."""
-        groups: dict[int, list[int]] = {}
-        for i in train:
-            groups.setdefault(eps[i].group_id, []).append(i)
-        glist = list(groups.values())
-        n = self._n_minibatches = min(self.cfg.algo.minibatches, len(glist))
-        bounds = [round(k * len(glist) / n) for k in range(n + 1)]
-        return [[i for g in glist[bounds[k]:bounds[k + 1]] for i in g] for k in range(n)]
-
-    def _optimizer_step(self, eps, idx: list[int], adv, keep, aux: Aux) -> tuple[float, dict[str, float]]:
-        acfg = self.cfg.algo
-        sub = [eps[i] for i in idx]
-        n_tokens = sum(int(self._token_mask(eps[i], keep[i], aux.phase).sum()) for i in idx)
-        norm = self.algo.norm(sub, acfg, round(aux.n_sampled / self._n_minibatches), n_tokens)
-        agg = self.algo.agg(acfg)
-        self.model.train()
-        self.opt.zero_grad(set_to_none=True)
-        sums: dict[str, float] = defaultdict(float)
-        by_group: dict[int, list[int]] = {}
-        for i in idx:
-            by_group.setdefault(eps[i].group_id, []).append(i)
-        glist = list(by_group.values())
-        mg = self.cfg.train.micro_groups
-        for g in range(0, len(glist), mg):
-            micro = [i for grp in glist[g:g + mg] for i in grp]
-            loss, part = self._micro_loss(eps, micro, adv, keep, aux, agg, norm)
-            loss.backward()
-            for k, v in part.items():
-                sums[k] = max(sums[k], v) if k == "audit_max" else sums[k] + v
-        params = [p for p in self.model.parameters() if p.requires_grad]
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(params, self.cfg.train.max_grad_norm))
-        if not (math.isfinite(sums["loss"]) and math.isfinite(grad_norm)):
-            self.opt.zero_grad(set_to_none=True)  # NaN/inf guard: skip the update, keep the run
-            sums["nan_skipped"] += 1
-        else:
-            self.opt.step()
-        self.sched.step()
-        return grad_norm, sums
-
-    def _micro_loss(self, eps, micro: list[int], adv, keep, aux: Aux, agg: str, norm: float):
-        sub = [eps[i] for i in micro]
-        chunk = self.cfg.train.logprob_chunk
-        with torch.autocast("cpu", dtype=self.compute_dtype or torch.float32, enabled=self.compute_dtype is not None):
-            lps, ents = group_logprobs(self.model, sub, chunk, with_entropy=True)
-        sampler = [torch.tensor([x for t in e.live_turns for x in t.action_logprobs]) for e in sub]
-        if aux.old_logprobs is not None:
-            old = [aux.old_logprobs[i] for i in micro]
-        else:  # one epoch, one minibatch: the behaviour policy is the learner itself (ratio 1)
-            old = [lp.detach() for lp in lps]
-        tmask = [self._token_mask(e, keep[i], aux.phase) for e, i in zip(sub, micro)]
-        mask = _pad(tmask)
-        x = LossInputs(
-            episodes=sub, logprobs=_pad(lps), old_logprobs=_pad(old), advantages=_pad([adv[i] for i in micro]),
-            mask=mask, turn_ids=_pad([token_turn_ids(e) for e in sub], -1), agg=agg, norm=norm,
-            ref_logprobs=_pad(self._ref_logprobs(sub)) if self.algo.needs_ref(self.cfg.algo) else None,
-        )
-        loss, extra = self.algo.loss(x, self.cfg.algo)
-        with torch.no_grad():
-            part = {"loss": float(loss), "tokens": float(mask.sum()), "entropy": float(sum(
-                (e * m).sum() for e, m in zip(ents, tmask))), **extra}
-            if not self._audited:  # token audit: only the first pass sees the sampler's policy
-                diff = [(lp.detach() - s).abs() for lp, s in zip(lps, sampler) if len(s) == len(lp) and len(s)]
-                if diff:
-                    d = torch.cat(diff)
-                    part.update({"audit_sum": float(d.sum()), "audit_tokens": float(d.numel()), "audit_max": float(d.max())})
-        return loss, part
-
-    @staticmethod
-    def _token_mask(ep: Episode, keep_turns: list[bool], phase: int | None) -> torch.Tensor:
-        """Trained tokens of ``ep``: kept turns, and only turn ``phase`` during a phase."""
-        m = token_keep(ep, keep_turns)
-        return m & (token_turn_ids(ep) == phase) if phase is not None else m
-
-    @torch.no_grad()
-    def _learner_pass(self, eps, idx: list[int], want_hidden: bool):
-        """Learner log-probs (and hidden states) of the trained tokens of ``eps[idx]``, no grad;
-        a list over all episodes (None where not computed)."""
-        out: list = [None] * len(eps)
-        feats: list = [None] * len(eps)
-        self.model.eval()
-        by_group: dict[int, list[int]] = {}
-        for i in idx:
-            by_group.setdefault(eps[i].group_id, []).append(i)
-        for members in by_group.values():
-            res = group_logprobs(self.model, [eps[i] for i in members], self.cfg.train.logprob_chunk,
-                                 return_hidden=want_hidden)
-            for k, i in enumerate(members):
-                out[i] = res[0][k]
-                if want_hidden:
-                    feats[i] = res[2][k]
-        return out, feats
-
-    @torch.no_grad()
-    def _ref_logprobs(self, eps):
-        if self.ref is not None:
-            return group_logprobs(self.ref, eps, self.cfg.train.logprob_chunk)[0]
-        with self.model.disable_adapter():  # LoRA: the frozen base is the reference
-            return group_logprobs(self.model, eps, self.cfg.train.logprob_chunk)[0]
 
     # -- checkpoints ---------------------------------------------------------------------
     def save_checkpoint(self) -> Path:
-        state = {"model": {k: v for k, v in self.model.state_dict().items()}, "optimizer": self.opt.state_dict(),
-                 "scheduler": self.sched.state_dict(), "data_pos": self.data_pos,
-                 "config": self.cfg.model_dump(mode="json")}
-        if self.critic is not None:
-            state["critic"] = self.critic.state_dict()
+        state = {**self.learner.state_dict(), "data_pos": self.data_pos, "config": self.cfg.model_dump(mode="json")}
+        if self._ahead:  # rollouts already sampled for later steps, by older weights: a resume trains on them too
+            state["ahead"] = {s: f.result() for s, f in self._ahead.items()}
         return checkpoint.save(self.run_dir / "checkpoints", self.step, state, self.cfg.train.keep_checkpoints)
 
     def resume(self) -> bool:
@@ -327,13 +191,11 @@ class Trainer:
         if path is None:
             return False
         state = checkpoint.load(path)
-        self.model.load_state_dict(state["model"])
-        self.opt.load_state_dict(state["optimizer"])
-        self.sched.load_state_dict(state["scheduler"])
+        self.learner.load_state_dict(state)
         self.step, self.data_pos = state["step"], state["data_pos"]
-        if self.critic is not None:
-            self.critic.load_state_dict(state["critic"])
         self.engine.load_weights(self.model)
+        self.sampler.publish(self.model, self.step)
+        self._ahead = {s: _done(eps) for s, eps in state.get("ahead", {}).items()}
         return True
 
     def save_final(self) -> Path:
@@ -372,14 +234,16 @@ class Trainer:
             progress = log.progress(cfg.train.steps, self.step)
             while self.step < cfg.train.steps:
                 t0 = time.time()
-                eps = self.collect(self.step)
+                eps = self.next_rollouts()
                 t_roll = time.time() - t0
                 self.data_pos += cfg.rollout.prompts_per_step
+                stale = [self.step - e.policy_version for e in eps]
                 stats = self.update(eps)
                 self.step += 1
                 dt = time.time() - t0
                 tokens = sum(e.num_tokens for e in eps)
                 row = {**episode_metrics([e for e in eps if e.group_id >= 0], self.max_turns), **stats,
+                       "staleness_mean": sum(stale) / max(1, len(stale)), "staleness_max": float(max(stale, default=0)),
                        "rollout_seconds": t_roll, "step_seconds": dt, "tokens_per_second": tokens / dt}
                 log.log("train", self.step, row)
                 progress.advance(row)
@@ -395,9 +259,35 @@ class Trainer:
             summary["eval_after"] = self.run_eval(log)
         finally:
             log.close()
+            self._stop_rollouts()
         summary["report"] = self.write_report()
         (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
         return summary
+
+    def next_rollouts(self) -> list[Episode]:
+        """The episodes of the current step. Synchronous (``scale.max_staleness`` = 0): sampled
+        now, with the current weights. Otherwise the rollouts of the next ``max_staleness``
+        steps are already being sampled on a background thread with the weights of the
+        moment they were started, so the episodes of step n come from a policy at most
+        ``max_staleness`` updates old (AReaL, arXiv 2505.24298)."""
+        k, steps = self.cfg.scale.max_staleness, self.cfg.train.steps
+        if k == 0:
+            return self.collect(self.step)
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(1, thread_name_prefix="turnrl-rollouts")
+        pps = self.cfg.rollout.prompts_per_step
+        for s in range(self.step, min(self.step + k + 1, steps)):
+            if s not in self._ahead:
+                self._ahead[s] = self._pool.submit(self.collect, s, self.data_pos + (s - self.step) * pps)
+        return self._ahead.pop(self.step).result()
+
+    def _stop_rollouts(self) -> None:
+        if self._pool is not None:
+            for f in self._ahead.values():
+                f.cancel()
+            self._pool.shutdown(wait=True)
+            self._pool, self._ahead = None, {}
+        self.sampler.close()
 
     def write_report(self) -> str | None:
         """The run's report (``turnrl report`` builds the same). A failure here costs no

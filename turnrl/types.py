@@ -110,6 +110,7 @@ class Episode:
     info: dict[str, Any] = field(default_factory=dict)
     messages: list[Message] = field(default_factory=list)  # the conversation as text, for logs
     gold_answer: str | None = None  # Env.gold_answer() of the instance (IGPO's teacher-forced target)
+    policy_version: int = 0  # updates the sampling weights had seen (staleness = learner's version - this)
 
     @property
     def append_only(self) -> bool:

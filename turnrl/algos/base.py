@@ -52,6 +52,7 @@ class Aux:
     utterance_adv: list[list[float]] | None = None
     logprobs: list[torch.Tensor] | None = None
     old_logprobs: list[torch.Tensor] | None = None
+    behaviour_weight: list[torch.Tensor] | None = None  # stale episodes: min(pi_old / pi_sampler, is_cap) per token
     phase: int | None = None
     n_sampled: int = 0
 
@@ -70,6 +71,7 @@ class LossInputs:
     agg: str  # "token_mean" | "seq_mean" | "token_sum_norm"
     norm: float
     ref_logprobs: torch.Tensor | None = None  # (B, T), when kl_coef > 0
+    behaviour_weight: torch.Tensor | None = None  # (B, T) min(pi_old / pi_sampler, is_cap): stale episodes
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -88,6 +90,9 @@ class Algorithm:
     make_critic: Callable[[Any, Any], "Critic"] | None = None
     #: ``(episodes, cfg) -> [turn index, ...]``: update turn by turn, one optimizer pass each
     phases: Callable[[list[Episode], Any], list[int]] | None = None
+    #: the loss applies ``LossInputs.behaviour_weight`` (episodes sampled by an older policy,
+    #: ``scale.max_staleness`` > 0); an algorithm without it trains synchronously only
+    corrects_staleness: bool = False
 
     def needs_ref(self, cfg) -> bool:
         return cfg.kl_coef > 0
