@@ -220,3 +220,71 @@ def test_a_history_rewriting_template_trains_with_a_critic(tmp_path, tokenizer):
     train = _train_rows(tmp_path, "q3", tok, ["--algo.name", "gae"])
     assert [r["step"] for r in train] == [1, 2] and all(math.isfinite(r["loss"]) for r in train)
     assert all(r["sampler_drift_max"] < 1e-4 for r in train)
+
+
+# -- asynchronous rollouts (scale.max_staleness) ------------------------------------------
+
+def test_max_staleness_zero_samples_in_step_with_the_learner(tmp_path, tokenizer):
+    t = Trainer(cfg_for(tmp_path, "s0", steps=2, extra=["--scale.max_staleness", "0"]), make_tiny_model(), tokenizer)
+    assert t.sampler.engine is t.engine  # the learner's own model samples: nothing runs ahead
+    t.train()
+    assert t._pool is None
+    assert [(r["staleness_mean"], r["staleness_max"]) for r in train_rows(tmp_path / "s0")] == [(0.0, 0.0), (0.0, 0.0)]
+
+
+def test_rollouts_run_one_update_ahead_with_max_staleness_one(tmp_path, tokenizer):
+    sync_model, async_model = make_tiny_model(), make_tiny_model()
+    Trainer(cfg_for(tmp_path, "sync", steps=1), sync_model, tokenizer).train()
+    # one step: its episodes come from the initial weights either way; the decoupled weight
+    # pi_prox / pi_behaviour is 1 up to the sampler's rounding, so the update is the same
+    Trainer(cfg_for(tmp_path, "a1", steps=1, extra=["--scale.max_staleness", "1"]), async_model, tokenizer).train()
+    a, b = weights(sync_model), weights(async_model)
+    assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+    # three steps: step 1's rollouts were started before update 1, so from version 0
+    model = make_tiny_model()
+    t = Trainer(cfg_for(tmp_path, "a3", steps=3, extra=["--scale.max_staleness", "1"]), model, tokenizer)
+    assert t.sampler.engine is not t.engine and t.sampler.engine.model is not model  # samples from its own copy
+    t.train()
+    rows = train_rows(tmp_path / "a3")
+    assert [r["staleness_max"] for r in rows] == [0.0, 1.0, 1.0]
+    assert all(r["nan_skipped"] == 0 and math.isfinite(r["loss"]) for r in rows)
+
+
+def test_an_asynchronous_run_resumes_exactly(tmp_path, tokenizer):
+    extra = ["--scale.max_staleness", "1"]
+    straight = make_tiny_model()
+    Trainer(cfg_for(tmp_path, "a", steps=4, extra=extra), straight, tokenizer).train()
+    crashing = Trainer(cfg_for(tmp_path, "b", steps=4, extra=extra), make_tiny_model(), tokenizer)
+    real_update = crashing.update
+
+    def update_then_crash(eps):  # the process dies during update 3, after checkpoint 2
+        if crashing.step == 2:
+            raise KeyboardInterrupt
+        return real_update(eps)
+
+    crashing.update = update_then_crash
+    with pytest.raises(KeyboardInterrupt):
+        crashing.train()
+    state = torch.load(tmp_path / "b" / "checkpoints" / "step_000002" / "state.pt", weights_only=False)
+    # the checkpoint holds step 2's episodes, sampled before update 2 (nothing sampled is lost)
+    assert list(state["ahead"]) == [2] and {e.policy_version for e in state["ahead"][2]} == {1}
+    resumed = make_tiny_model()
+    Trainer(cfg_for(tmp_path, "b", steps=4, extra=extra), resumed, tokenizer).train(resume=True)
+    a, b = weights(straight), weights(resumed)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_an_algorithm_without_a_staleness_correction_refuses_max_staleness():
+    from turnrl.config import ConfigError
+
+    with pytest.raises(ConfigError, match=r"max_staleness = 1: algorithm 'refuel' has no correction"):
+        load_config(None, ["--algo.name", "refuel", "--scale.max_staleness", "1"])
+
+
+def test_drift_above_the_bound_is_a_warning_and_a_flag(tmp_path, tokenizer, capsys):
+    cfg = cfg_for(tmp_path, "d", steps=1, extra=["--algo.masks", "[]", "--scale.drift_bound", "1e-12"])
+    Trainer(cfg, make_tiny_model(), tokenizer).train()
+    assert train_rows(tmp_path / "d")[0]["drift_warning"] == 1.0
+    assert "above scale.drift_bound = 1e-12" in capsys.readouterr().err
+    Trainer(cfg_for(tmp_path, "e", steps=1, extra=["--algo.masks", "[]"]), make_tiny_model(), tokenizer).train()
+    assert train_rows(tmp_path / "e")[0]["drift_warning"] == 0.0  # the default bound: fp32 sampler and learner agree

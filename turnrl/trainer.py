@@ -103,26 +103,27 @@ class Trainer:
         ``rollout.max_turns_schedule`` sets from that step on (WMAct annealing)."""
         return turn_cap(self.cfg.rollout.max_turns_schedule, step, self.max_turns)
 
-    def collect(self, step: int, data_pos: int | None = None) -> list[Episode]:
+    def collect(self, step: int, data_pos: int | None = None, version: int | None = None) -> list[Episode]:
         """The episodes of ``step``: its groups (tasks from ``data_pos``, default the
-        trainer's position), then any RISE and branch groups."""
+        trainer's position), then any RISE and branch groups; sampled with the weights of
+        ``version`` (default: the newest)."""
         r = self.cfg.rollout
         data_pos = self.data_pos if data_pos is None else data_pos
         seeds = [data_pos + i for i in range(r.prompts_per_step)]
         all_seeds = [s for s in seeds for _ in range(r.group_size)]
-        eps = self.sampler.collect(self.turn_cap(step), all_seeds, all_seeds, self.rollout_config(step))
+        eps = self.sampler.collect(self.turn_cap(step), all_seeds, all_seeds, self.rollout_config(step), version=version)
         extra = []
         if r.rise_groups:
-            extra += self.collect_rise(step, eps)
+            extra += self.collect_rise(step, eps, version)
         if r.branch_groups:
-            extra += self.collect_branches(step, eps)
+            extra += self.collect_branches(step, eps, version)
         eps += extra
         if r.turn_penalty:
             require_correct(eps, "rollout.turn_penalty", self.cfg.env.name)
             apply_turn_penalty(eps, r.turn_penalty)
         return eps
 
-    def collect_rise(self, step: int, eps: list[Episode]) -> list[Episode]:
+    def collect_rise(self, step: int, eps: list[Episode], version: int | None = None) -> list[Episode]:
         """RISE-style groups (arXiv 2407.18219): start ``rise_groups`` extra groups from the
         policy's own wrong-but-valid first answers, so retries get a learning signal even
         when first attempts mostly succeed. The replayed first answer is context only.
@@ -136,9 +137,9 @@ class Trainer:
                 starts.append((ep.group_id, [t0.text]))
             if len(starts) == r.rise_groups:
                 break
-        return self._collect_from_prefixes(step, starts, first_gid=-1, seed_offset=50_000)
+        return self._collect_from_prefixes(step, starts, first_gid=-1, seed_offset=50_000, version=version)
 
-    def collect_branches(self, step: int, eps: list[Episode]) -> list[Episode]:
+    def collect_branches(self, step: int, eps: list[Episode], version: int | None = None) -> list[Episode]:
         """Branch groups (REFUEL, arXiv 2410.04612): up to ``branch_groups`` sampled episodes
         with >= 2 turns, one per group, each cut at a turn h drawn uniformly from
         [1, turns - 1] (seeded by the train seed and the step); its first h replies are
@@ -147,10 +148,11 @@ class Trainer:
         r = self.cfg.rollout
         rng = random.Random(self.cfg.train.seed * 100_003 + step)
         starts = [(ep.seed, [t.text for t in ep.turns[:h]]) for ep, h in branch_points(eps, r.branch_groups, rng)]
-        return self._collect_from_prefixes(step, starts, first_gid=-(1 + r.rise_groups), seed_offset=70_000)
+        return self._collect_from_prefixes(step, starts, first_gid=-(1 + r.rise_groups), seed_offset=70_000,
+                                           version=version)
 
     def _collect_from_prefixes(self, step: int, starts: list[tuple[int, list[str]]], first_gid: int,
-                               seed_offset: int) -> list[Episode]:
+                               seed_offset: int, version: int | None = None) -> list[Episode]:
         """One group of ``group_size`` per ``(env seed, replayed replies)``, group ids
         ``first_gid, first_gid - 1, ...`` (negative: kept out of the step's metrics)."""
         if not starts:
@@ -161,7 +163,7 @@ class Trainer:
         prefixes = [list(texts) for _, texts in starts for _ in range(r.group_size)]
         cfg = self.rollout_config(step)
         cfg = replace(cfg, sampling=replace(cfg.sampling, seed=cfg.sampling.seed + seed_offset))
-        return self.sampler.collect(self.turn_cap(step), seeds, gids, cfg, prefixes=prefixes)
+        return self.sampler.collect(self.turn_cap(step), seeds, gids, cfg, prefixes=prefixes, version=version)
 
     # -- update --------------------------------------------------------------------------
     def update(self, eps: list[Episode]) -> dict[str, float]:
@@ -278,7 +280,9 @@ class Trainer:
         pps = self.cfg.rollout.prompts_per_step
         for s in range(self.step, min(self.step + k + 1, steps)):
             if s not in self._ahead:
-                self._ahead[s] = self._pool.submit(self.collect, s, self.data_pos + (s - self.step) * pps)
+                # the weights are named now: what is published while it waits does not leak in
+                self._ahead[s] = self._pool.submit(self.collect, s, self.data_pos + (s - self.step) * pps,
+                                                   self.sampler.latest)
         return self._ahead.pop(self.step).result()
 
     def _stop_rollouts(self) -> None:

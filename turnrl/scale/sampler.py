@@ -11,7 +11,6 @@ bound staleness when rollouts run ahead of the update (``scale.max_staleness``).
 """
 from __future__ import annotations
 
-import copy
 import threading
 from typing import Callable, Protocol
 
@@ -26,13 +25,17 @@ from turnrl.types import Episode
 
 class Sampler(Protocol):
     version: int  # updates the weights in use have seen
+    latest: int  # the newest version published
 
     def collect(self, max_turns: int, seeds: list[int], group_ids: list[int], cfg: RolloutConfig,
-                prefixes: list[list[str]] | None = None) -> list[Episode]: ...
+                prefixes: list[list[str]] | None = None, version: int | None = None) -> list[Episode]:
+        """Episodes in request order, sampled with the weights of ``version`` (default the
+        newest published): a collection started ahead of the update names the weights of
+        the moment it was asked for, whatever was published since."""
 
     def publish(self, model: torch.nn.Module, version: int) -> None:
-        """Called on the trainer's thread after an update: the next ``collect`` that starts
-        samples with these weights (a snapshot: later updates do not leak into it)."""
+        """Called on the trainer's thread after an update: a snapshot of the weights (later
+        updates do not leak into it)."""
 
     def close(self) -> None: ...
 
@@ -57,39 +60,41 @@ class TrainEnvs:
 
 
 class LocalSampler:
-    """Rollouts in this process. With ``own_weights`` the engine samples from a copy of the
-    policy, so collection can run on another thread while the learner updates its model
-    (asynchronous rollouts); without, it samples from the learner's model itself."""
+    """Rollouts in this process. With ``own_weights`` the engine's model is a copy of the
+    policy, so collection can run on another thread while the learner updates its own
+    (asynchronous rollouts); without, the engine samples from the learner's model itself."""
 
     def __init__(self, cfg: RunConfig, engine, chat: ChatFormat, envs: TrainEnvs, own_weights: bool = False):
         self.engine, self.chat, self.envs = engine, chat, envs
-        self.version = 0
+        self.version = self.latest = 0
         self._own = own_weights
-        self._pending: tuple[dict, int] | None = None
+        self._snapshots: dict[int, dict] = {}  # version -> state dict, until a collection uses it
         self._lock = threading.Lock()
-        if own_weights:
-            self.engine.load_weights(copy.deepcopy(engine.model))
 
     def publish(self, model, version: int) -> None:
         if not self._own:
             self.engine.load_weights(model)
-            self.version = version
+            self.version = self.latest = version
             return
         snap = {k: v.detach().clone() for k, v in model.state_dict().items()}
         with self._lock:
-            self._pending = (snap, version)
+            self._snapshots[version] = snap
+            self.latest = version
 
-    def _apply_pending(self) -> None:
+    def _use(self, version: int) -> None:
+        if version == self.version:
+            return
         with self._lock:
-            pending, self._pending = self._pending, None
-        if pending is not None:
-            state, version = pending
-            self.engine.model.load_state_dict(state)
-            self.engine.load_weights(self.engine.model)  # drops caches built with the old weights
-            self.version = version
+            state = self._snapshots[version]
+            for v in [v for v in self._snapshots if v < version]:
+                del self._snapshots[v]
+        self.engine.model.load_state_dict(state)
+        self.engine.load_weights(self.engine.model)  # drops caches built with the old weights
+        self.version = version
 
-    def collect(self, max_turns, seeds, group_ids, cfg, prefixes=None) -> list[Episode]:
-        self._apply_pending()
+    def collect(self, max_turns, seeds, group_ids, cfg, prefixes=None, version=None) -> list[Episode]:
+        if self._own:
+            self._use(self.latest if version is None else version)
         make_env = self.envs(max_turns)
         eps = collect([make_env() for _ in seeds], seeds, group_ids, self.engine, self.chat, cfg, prefixes=prefixes)
         for e in eps:
