@@ -73,13 +73,18 @@ class ChatEndpoint:
                           int(usage.prompt_tokens or 0) if usage else 0)
 
     # -- Runner ------------------------------------------------------------------------
-    def run(self, make_env, seeds: list[int], cfg: RolloutConfig, batch_size: int) -> list[Episode]:
+    def run(self, make_env, seeds: list[int], cfg: RolloutConfig, batch_size: int, done=lambda n: None) -> list[Episode]:
         """One episode per seed (``batch_size`` is the engine's notion; here concurrency rules)."""
         if cfg.context != "full":
             raise ConfigError(f"rollout.context = {cfg.context!r}: an endpoint is sent the whole conversation; "
                               "rebuilt contexts need the built-in engine")
         with ThreadPoolExecutor(self.concurrency) as pool:
-            return list(pool.map(lambda s, m: self.episode(make_env(), s, cfg, m), seeds, member_index(seeds, seeds)))
+            def one(s: int, m: int) -> Episode:
+                ep = self.episode(make_env(), s, cfg, m)
+                done(1)
+                return ep
+
+            return list(pool.map(one, seeds, member_index(seeds, seeds)))
 
     def episode(self, env: Env, seed: int, cfg: RolloutConfig, member: int = 0) -> Episode:
         """One episode; ``member`` tells apart episodes of the same seed (Pass@k samples):

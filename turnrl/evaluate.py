@@ -7,6 +7,7 @@ engine (token level, one KV cache across turns) or an OpenAI-compatible endpoint
 """
 from __future__ import annotations
 
+import inspect
 import time
 from dataclasses import replace
 from typing import Callable, Protocol
@@ -18,6 +19,7 @@ from turnrl.config import RunConfig
 from turnrl.diagnostics import check_collapse_config, collapse_metrics, model_of
 from turnrl.engine.base import SamplingParams
 from turnrl.envs.base import Env, env_call
+from turnrl.logging import EvalProgress
 from turnrl.metrics import bootstrap_ci, episode_intervals, episode_metrics, pass_at_k
 from turnrl.results import EvalResult, episode_record
 from turnrl.rollout import RolloutConfig, collect, context_fields
@@ -27,7 +29,9 @@ from turnrl.types import Episode
 class Runner(Protocol):
     name: str  # what is being evaluated, for reports
 
-    def run(self, make_env: Callable[[], Env], seeds: list[int], cfg: RolloutConfig, batch_size: int) -> list[Episode]: ...
+    def run(self, make_env: Callable[[], Env], seeds: list[int], cfg: RolloutConfig, batch_size: int,
+            done: Callable[[int], None] = lambda n: None) -> list[Episode]:
+        """One episode per seed, in order; ``done(n)`` as each ``n`` more are finished."""
 
 
 class EngineRunner:
@@ -37,12 +41,21 @@ class EngineRunner:
         self.engine, self.chat, self.name = engine, chat, name
         self.tokenizer = tokenizer if tokenizer is not None else chat.tok
 
-    def run(self, make_env, seeds, cfg, batch_size):
+    def run(self, make_env, seeds, cfg, batch_size, done=lambda n: None):
         eps = []
         for s in range(0, len(seeds), batch_size):
             chunk = seeds[s:s + batch_size]
             eps += collect([make_env() for _ in chunk], chunk, chunk, self.engine, self.chat, cfg)
+            done(len(chunk))
         return eps
+
+
+def _run(runner: Runner, make_env, seeds: list[int], cfg: RolloutConfig, batch_size: int, bar) -> list[Episode]:
+    """``runner.run``, reporting progress where the runner takes ``done`` (a runner
+    written before it existed still works, without a count)."""
+    if "done" in inspect.signature(runner.run).parameters:
+        return runner.run(make_env, seeds, cfg, batch_size, done=bar.advance)
+    return runner.run(make_env, seeds, cfg, batch_size)
 
 
 def eval_seeds(cfg: RunConfig) -> list[int]:
@@ -66,7 +79,12 @@ def distinct_instances(make_env: Callable[[], Env], seeds: list[int]) -> tuple[i
 def evaluate(runner: Runner, cfg: RunConfig, step: int | None = None) -> EvalResult:
     """Multi-turn episodes on the eval seeds (greedy by default) and, if
     ``eval.pass_k > 0``, ``eval.pass_samples`` (n >= k) single-attempt samples per task
-    for the unbiased Pass@k estimator."""
+    for the unbiased Pass@k estimator. With ``log.progress``, a progress bar counts them."""
+    with EvalProgress(cfg.log.progress, step) as bar:
+        return _evaluate(runner, cfg, step, bar)
+
+
+def _evaluate(runner: Runner, cfg: RunConfig, step: int | None, bar: "EvalProgress") -> EvalResult:
     ev = cfg.eval
     check_collapse_config(runner, ev)
     t0 = time.time()
@@ -79,7 +97,9 @@ def evaluate(runner: Runner, cfg: RunConfig, step: int | None = None) -> EvalRes
     probe = make_env()
     split_size = getattr(probe, "num_instances", lambda: None)()
     dropped = getattr(getattr(probe, "tasks", None), "dropped", None)  # eval questions also in the training file
-    episodes = runner.run(make_env, seeds, rcfg, ev.batch_size)
+    n = ev.pass_samples if ev.pass_k > 0 else 0
+    bar.start("multi-turn", len(seeds))
+    episodes = _run(runner, make_env, seeds, rcfg, ev.batch_size, bar)
     errored = [e for e in episodes if e.info.get("error")]
     scored = [e for e in episodes if not e.info.get("error")]  # endpoint failures are not the policy's
     turns = episode_turns(cfg)
@@ -88,7 +108,6 @@ def evaluate(runner: Runner, cfg: RunConfig, step: int | None = None) -> EvalRes
     metrics["episodes"] = float(len(scored))
     metrics["errored_episodes"] = float(len(errored))
     metrics["distinct_instances"] = float(distinct)
-    n = ev.pass_samples if ev.pass_k > 0 else 0
     if ev.pass_k > 0:
         # n >= k independent single-attempt samples per task, side by side in one batch, so
         # the engine encodes each prompt once (Pass@k baseline of UFO, arXiv 2507.14295);
@@ -98,7 +117,8 @@ def evaluate(runner: Runner, cfg: RunConfig, step: int | None = None) -> EvalRes
                            max_context=cfg.rollout.max_context, **context_fields(cfg.rollout))
         repeated = [s for s in seeds for _ in range(n)]
         per_batch = max(n, ev.batch_size // n * n)
-        samples = runner.run(env_factory(cfg, "eval", max_turns=1), repeated, rc, per_batch)
+        bar.start(f"pass@{k} samples", len(repeated))
+        samples = _run(runner, env_factory(cfg, "eval", max_turns=1), repeated, rc, per_batch, bar)
         correct, tried = {s: 0 for s in seeds}, {s: 0 for s in seeds}
         for ep, s in zip(samples, repeated):
             if ep.info.get("error"):
@@ -125,6 +145,7 @@ def evaluate(runner: Runner, cfg: RunConfig, step: int | None = None) -> EvalRes
         "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
     # template-collapse diagnostic (RAGEN-2); its time is in collapse_seconds, not eval_seconds
+    bar.start("collapse diagnostic", None)
     c_metrics, c_intervals, meta["collapse"] = collapse_metrics(scored, model_of(runner), ev.collapse_sample)
     metrics.update(c_metrics)
     intervals.update(c_intervals)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from contextlib import contextmanager
 from pathlib import Path
 
 
@@ -69,5 +70,52 @@ class Progress:
             self.bar.update(self.task, advance=1, info=info)
 
     def close(self) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+
+    @contextmanager
+    def paused(self):
+        """Hide the bar while something else (an evaluation's own bar) uses the console."""
+        if self.bar is None:
+            yield
+            return
+        self.bar.stop()
+        try:
+            yield
+        finally:
+            self.bar.start()
+
+
+class EvalProgress:
+    """The console during an evaluation: one line per phase (multi-turn episodes, Pass@k
+    samples, the collapse diagnostic) with a count and time, so minutes of evaluation are
+    not silent. Off with ``log.progress = false``; ``advance`` is thread-safe."""
+
+    def __init__(self, enabled: bool, step: int | None = None):
+        self.enabled, self.step = enabled, step
+        self.bar = self.task = None
+
+    def __enter__(self) -> "EvalProgress":
+        if self.enabled:
+            from rich.progress import (BarColumn, MofNCompleteColumn, Progress as RichProgress, TextColumn,
+                                       TimeElapsedColumn)
+
+            self.bar = RichProgress(TextColumn("eval" + (f" @ step {self.step}" if self.step is not None else "")),
+                                    TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                    TimeElapsedColumn(), transient=True)
+            self.bar.start()
+        return self
+
+    def start(self, phase: str, total: int | None) -> None:
+        if self.bar is not None:
+            if self.task is not None:
+                self.bar.update(self.task, visible=False)
+            self.task = self.bar.add_task(phase, total=total)
+
+    def advance(self, n: int) -> None:
+        if self.bar is not None and self.task is not None:
+            self.bar.update(self.task, advance=n)
+
+    def __exit__(self, *exc) -> None:
         if self.bar is not None:
             self.bar.stop()

@@ -7,6 +7,7 @@ import random
 import sys
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import nullcontext
 from dataclasses import replace
 from pathlib import Path
 
@@ -62,6 +63,7 @@ class Trainer:
         self.sampler = self._make_sampler()
         self._pool: ThreadPoolExecutor | None = None  # asynchronous rollouts (scale.max_staleness > 0)
         self._ahead: dict[int, Future] = {}  # step -> its episodes, sampled ahead of the update
+        self._progress = None  # the training bar, paused while an evaluation shows its own
         self.run_dir = Path(cfg.train.out_dir)
         self.step, self.data_pos = 0, 0
 
@@ -233,7 +235,7 @@ class Trainer:
                 summary["eval_before"] = self.run_eval(log)
             elif cfg.eval.before:
                 summary["eval_before"] = self._saved_eval(0)
-            progress = log.progress(cfg.train.steps, self.step)
+            progress = self._progress = log.progress(cfg.train.steps, self.step)
             while self.step < cfg.train.steps:
                 t0 = time.time()
                 eps = self.next_rollouts()
@@ -316,8 +318,9 @@ class Trainer:
 
     def run_eval(self, log: RunLogger) -> dict:
         """The same evaluation as ``turnrl eval``; results in ``evals/step_N``."""
-        result = evaluate(EngineRunner(self.engine, self.chat, name=f"{self.cfg.model.name} @ step {self.step}"),
-                          self.cfg, step=self.step)
+        with self._progress.paused() if self._progress is not None else nullcontext():
+            result = evaluate(EngineRunner(self.engine, self.chat, name=f"{self.cfg.model.name} @ step {self.step}"),
+                              self.cfg, step=self.step)
         result.save(self.run_dir / "evals" / f"step_{self.step:06d}")
         log.log("eval", self.step, result.metrics)
         return result.metrics
