@@ -1,11 +1,17 @@
-"""Where CPU time goes for SmolLM2-135M: learner forward+backward in fp32 vs bf16
-autocast, and one batched decode step of the engine's model call at several batch sizes.
-Writes bench/results/cpu_costs.json.
+"""Where CPU time goes for SmolLM2-135M, in one run; writes bench/results/cpu_costs.json.
+
+- learner forward+backward of one GRPO-like group (turnrl's learner path), in fp32, under
+  bf16 autocast, and with the model held in bf16 (``model.dtype = "bf16"``: what the
+  trainer does, fp32 master weights aside);
+- one batched decode step of the engine's model call at several batch sizes, fp32 and bf16,
+  against the time of the matmuls alone that such a step needs (every linear layer and the
+  LM head at the same shapes), so the gap is what the framework adds.
 
     python bench/cpu_costs.py
 """
 from __future__ import annotations
 
+import copy
 import json
 import time
 from pathlib import Path
@@ -20,7 +26,7 @@ from turnrl.types import Episode, Turn
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def learner_seconds(model, dtype: torch.dtype | None, repeats: int = 2) -> tuple[float, int]:
+def learner_seconds(model, autocast: bool = False, repeats: int = 2) -> tuple[float, int]:
     """One GRPO-like group: 8 episodes sharing a 55-token prompt, two 20-token turns each."""
     g = torch.Generator().manual_seed(0)
     rand = lambda n: torch.randint(100, 40000, (n,), generator=g).tolist()
@@ -29,12 +35,12 @@ def learner_seconds(model, dtype: torch.dtype | None, repeats: int = 2) -> tuple
     tokens = sum(len(e.token_ids) for e in eps)
     times = []
     for _ in range(repeats + 1):  # the first call warms up
-        t0 = time.time()
-        with torch.autocast("cpu", dtype=dtype or torch.float32, enabled=dtype is not None):
+        t0 = time.perf_counter()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
             lps, _ = group_logprobs(model, eps)
         (-sum(l.sum() for l in lps)).backward()
         model.zero_grad(set_to_none=True)
-        times.append(time.time() - t0)
+        times.append(time.perf_counter() - t0)
     return min(times[1:]), tokens
 
 
@@ -43,27 +49,51 @@ def decode_step_seconds(model, batch: int, context: int = 80, steps: int = 8) ->
     ids = torch.randint(100, 1000, (batch, context))
     cache = DynamicCache()
     model(input_ids=ids, cache=cache, use_cache=True, logits_to_keep=1)
-    t0 = time.time()
+    t0 = time.perf_counter()
     for i in range(steps):
         model(input_ids=ids[:, :1], attention_mask=torch.ones(batch, context + i + 1, dtype=torch.long),
               position_ids=torch.full((batch, 1), context + i), cache=cache, use_cache=True, logits_to_keep=1)
-    return (time.time() - t0) / steps
+    return (time.perf_counter() - t0) / steps
+
+
+@torch.no_grad()
+def matmul_seconds(model, batch: int, repeats: int = 5) -> float:
+    """The matmuls of one decode step alone: x (batch, in) @ W.T for every linear layer of
+    the model (the LM head included), with its own weights and dtype."""
+    linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    dtype = linears[0].weight.dtype
+    xs = [torch.randn(batch, m.in_features, dtype=dtype) for m in linears]
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        for m, x in zip(linears, xs):
+            torch.nn.functional.linear(x, m.weight)
+        best = min(best, time.perf_counter() - t0)
+    return best
 
 
 def main() -> int:
-    model = load_model("smollm2-135m")
-    model.train()
-    fp32, n = learner_seconds(model, None)
-    bf16, _ = learner_seconds(model, torch.bfloat16, repeats=1)
-    model.eval()
-    decode = {str(b): round(decode_step_seconds(model, b), 4) for b in (1, 8, 32, 64)}
+    fp32 = load_model("smollm2-135m")
+    bf16 = copy.deepcopy(fp32).to(torch.bfloat16)
+    fp32.train(), bf16.train()
+    t_fp32, n = learner_seconds(fp32)
+    t_auto, _ = learner_seconds(fp32, autocast=True)
+    t_bf16, _ = learner_seconds(bf16)
+    fp32.eval(), bf16.eval()
+    decode, matmul = {}, {}
+    for name, model in (("fp32", fp32), ("bf16", bf16)):
+        decode[name] = {str(b): round(decode_step_seconds(model, b), 4) for b in (1, 8, 32, 64)}
+        matmul[name] = {str(b): round(matmul_seconds(model, b), 4) for b in (1, 8, 32, 64)}
     result = {
         "model": "SmolLM2-135M-Instruct", "threads": torch.get_num_threads(), "torch": torch.__version__,
         "learner_tokens": n,
-        "learner_fwd_bwd_seconds": {"fp32": round(fp32, 2), "bf16_autocast": round(bf16, 2)},
-        "learner_tokens_per_second": {"fp32": round(n / fp32, 1), "bf16_autocast": round(n / bf16, 1)},
-        "bf16_slowdown": round(bf16 / fp32, 1),
+        "learner_fwd_bwd_seconds": {"fp32": round(t_fp32, 2), "bf16_autocast": round(t_auto, 2), "bf16_model": round(t_bf16, 2)},
+        "learner_tokens_per_second": {"fp32": round(n / t_fp32, 1), "bf16_autocast": round(n / t_auto, 1),
+                                      "bf16_model": round(n / t_bf16, 1)},
+        "bf16_model_speedup": round(t_fp32 / t_bf16, 2),
         "decode_step_seconds_by_batch": decode,
+        "decode_matmul_seconds_by_batch": matmul,
+        "decode_step_over_matmul_batch_32": {k: round(decode[k]["32"] / matmul[k]["32"], 2) for k in decode},
     }
     out = ROOT / "bench" / "results" / "cpu_costs.json"
     out.write_text(json.dumps(result, indent=2) + "\n")

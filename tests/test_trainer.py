@@ -104,7 +104,7 @@ def test_lora_trains_adapters_only_and_saves_a_merged_model(tmp_path, tokenizer)
     cfg = cfg_for(tmp_path, "l", steps=2, extra=["--model.finetune", "lora", "--model.lora_rank", "4",
                                                  "--algo.kl_coef", "0.1", "--model.dtype", "bf16"])
     summary = Trainer(cfg, model, tokenizer).train()
-    assert torch.equal(frozen, base.model.embed_tokens.weight)
+    assert torch.equal(frozen.to(torch.bfloat16), base.model.embed_tokens.weight)  # bf16: rounded once, never trained
     lora_b = [p for n, p in model.named_parameters() if "lora_B" in n]
     assert any(p.abs().sum() > 0 for p in lora_b)  # B starts at zero; training moved it
     from transformers import AutoModelForCausalLM
@@ -288,3 +288,43 @@ def test_drift_above_the_bound_is_a_warning_and_a_flag(tmp_path, tokenizer, caps
     assert "above scale.drift_bound = 1e-12" in capsys.readouterr().err
     Trainer(cfg_for(tmp_path, "e", steps=1, extra=["--algo.masks", "[]"]), make_tiny_model(), tokenizer).train()
     assert train_rows(tmp_path / "e")[0]["drift_warning"] == 0.0  # the default bound: fp32 sampler and learner agree
+
+
+# -- bf16 (model.dtype) --------------------------------------------------------------------
+
+def test_bf16_samples_and_trains_in_bf16_with_fp32_master_weights(tmp_path, tokenizer):
+    model = make_tiny_model()
+    before = weights(model)
+    # lr 1e-6: Adam moves each weight by ~1e-6, below bf16's spacing (~1e-4 at 0.02), so only
+    # fp32 master weights can keep such updates
+    cfg = cfg_for(tmp_path, "bf", steps=2, extra=["--model.dtype", "bf16", "--algo.masks", "[]", "--algo.kl_coef", "0.1",
+                                                  "--train.lr", "1e-6"])
+    t = Trainer(cfg, model, tokenizer)
+    assert t.engine.model is model and all(p.dtype == torch.bfloat16 for p in model.parameters())  # the sampler too
+    assert all(m.dtype == torch.float32 for m in t.learner.master.masters)
+    t.train()
+    rows = train_rows(tmp_path / "bf")
+    # step 1: the learner scores its own bf16 weights, and the reference is the same bf16 model
+    assert rows[0]["ratio_mean"] == 1.0 and rows[0]["kl"] == 0.0
+    names = [n for n, p in model.named_parameters() if p.requires_grad]
+    masters = dict(zip(names, t.learner.master.masters))
+    after = dict(model.named_parameters())
+    # the model is its fp32 masters rounded to bf16 ...
+    assert all(torch.equal(after[n], masters[n].to(torch.bfloat16)) for n in names)
+    # ... and the masters keep updates that bf16 alone would have rounded away
+    n = "model.layers.0.mlp.down_proj.weight"
+    moved = masters[n] != before[n]
+    lost = after[n] == before[n].to(torch.bfloat16)
+    assert (moved & lost).any()
+
+
+def test_bf16_resume_equals_an_uninterrupted_run(tmp_path, tokenizer):
+    extra = ["--model.dtype", "bf16"]
+    straight = make_tiny_model()
+    Trainer(cfg_for(tmp_path, "a", steps=3, extra=extra), straight, tokenizer).train()
+    Trainer(cfg_for(tmp_path, "b", steps=2, extra=extra), make_tiny_model(), tokenizer).train()
+    resumed = make_tiny_model()
+    t = Trainer(cfg_for(tmp_path, "b", steps=3, extra=extra), resumed, tokenizer)
+    t.train(resume=True)
+    a, b = weights(straight), weights(resumed)
+    assert all(torch.equal(a[k], b[k]) for k in a)

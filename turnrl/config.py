@@ -36,7 +36,9 @@ class ModelConfig(Section):
     lora_alpha: float = Field(32.0, gt=0, description="LoRA alpha (finetune=lora)")
     lora_targets: list[str] = Field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
                                     description="module names LoRA wraps (finetune=lora)")
-    dtype: Literal["fp32", "bf16"] = Field("fp32", description="learner compute dtype (master weights stay fp32)")
+    dtype: Literal["fp32", "bf16"] = Field("fp32", description="what the policy samples and trains in: bf16 holds the "
+                                                               "model in bf16 (sampler and learner alike) and keeps fp32 "
+                                                               "master weights in the optimizer")
 
     @model_validator(mode="after")
     def _check(self):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import math
+import sys
 from collections import defaultdict
 
 import torch
@@ -26,9 +27,58 @@ def _pad(rows: list[torch.Tensor], value: float = 0.0) -> torch.Tensor:
     return torch.nn.utils.rnn.pad_sequence(rows, batch_first=True, padding_value=value)  # (B, T_max)
 
 
+def bf16_supported() -> bool:
+    """Whether this machine computes in bf16 natively (a CUDA GPU that supports it, or a
+    CPU whose oneDNN has bf16 kernels: AVX-512 BF16 / AMX, or AVX-512 emulation)."""
+    if torch.cuda.is_available():
+        return torch.cuda.is_bf16_supported()
+    return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
+class MasterWeights:
+    """``model.dtype = "bf16"``: the model holds bf16 parameters, so the sampler and the
+    learner run the same bf16 computation (the ratio is 1 and the KL 0 at step 0, and both
+    get bf16 matmuls); the optimizer steps fp32 copies (master weights) and each step's
+    result is rounded into the model. Each micro-batch's gradient is added into the fp32
+    copies' gradients right after its backward, so accumulation is fp32 too."""
+
+    def __init__(self, model):
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        self.masters = [p.detach().float().clone().requires_grad_(True) for p in self.params]  # before rounding
+        model.to(torch.bfloat16)  # in place: self.params are the same Parameter objects
+
+    def accumulate(self) -> None:
+        for p, m in zip(self.params, self.masters):
+            if p.grad is not None:
+                g = p.grad.float()
+                m.grad = g if m.grad is None else m.grad.add_(g)
+                p.grad = None
+
+    @torch.no_grad()
+    def round_into_model(self) -> None:
+        for p, m in zip(self.params, self.masters):
+            p.copy_(m)
+
+    def state_dict(self) -> list[torch.Tensor]:
+        return [m.detach().clone() for m in self.masters]
+
+    @torch.no_grad()
+    def load_state_dict(self, masters: list[torch.Tensor]) -> None:
+        for m, saved in zip(self.masters, masters):
+            m.copy_(saved)
+        self.round_into_model()
+
+
 class Learner:
     def __init__(self, cfg: RunConfig, model, chat: ChatFormat):
         self.cfg, self.model, self.chat = cfg, model, chat
+        self.master = None
+        if cfg.model.dtype == "bf16":
+            if bf16_supported():
+                self.master = MasterWeights(model)
+            else:
+                print("turnrl: model.dtype = 'bf16': this machine has no native bf16 kernels (a CPU without "
+                      "AVX-512 or a GPU without bf16); training in fp32", file=sys.stderr)
         self.algo = get_algorithm(cfg.algo.name)
         self.critic = self.algo.make_critic(model, cfg.algo) if self.algo.make_critic else None
         self.phases = self.algo.phases
@@ -36,12 +86,12 @@ class Learner:
         self.ref = None
         if self.algo.needs_ref(cfg.algo) and cfg.model.finetune == "full":
             self.ref = copy.deepcopy(model).eval().requires_grad_(False)
-        params = [p for p in model.parameters() if p.requires_grad]
-        self.opt = torch.optim.AdamW(params, lr=cfg.train.lr, betas=cfg.train.betas, weight_decay=cfg.train.weight_decay,
+        # the optimizer steps the fp32 masters in bf16, the parameters themselves in fp32
+        self._opt_params = self.master.masters if self.master else [p for p in model.parameters() if p.requires_grad]
+        self.opt = torch.optim.AdamW(self._opt_params, lr=cfg.train.lr, betas=cfg.train.betas, weight_decay=cfg.train.weight_decay,
                                      fused=True)  # one kernel for all parameters (CPU and CUDA)
         warm = cfg.train.warmup_steps
         self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lambda s: min(1.0, (s + 1) / warm) if warm else 1.0)
-        self.compute_dtype = torch.bfloat16 if cfg.model.dtype == "bf16" else None
 
     # -- state ---------------------------------------------------------------------------
     def state_dict(self) -> dict:
@@ -49,6 +99,8 @@ class Learner:
                  "scheduler": self.sched.state_dict()}
         if self.critic is not None:
             state["critic"] = self.critic.state_dict()
+        if self.master is not None:
+            state["master"] = self.master.state_dict()
         return state
 
     def load_state_dict(self, state: dict) -> None:
@@ -57,6 +109,8 @@ class Learner:
         self.sched.load_state_dict(state["scheduler"])
         if self.critic is not None:
             self.critic.load_state_dict(state["critic"])
+        if self.master is not None:
+            self.master.load_state_dict(state["master"])
 
     # -- the update --------------------------------------------------------------------------
     def update(self, eps: list[Episode]) -> dict[str, float]:
@@ -142,23 +196,25 @@ class Learner:
             micro = [i for grp in glist[g:g + mg] for i in grp]
             loss, part = self._micro_loss(eps, micro, adv, keep, aux, agg, norm)
             loss.backward()
+            if self.master is not None:
+                self.master.accumulate()
             for k, v in part.items():
                 sums[k] = max(sums[k], v) if k == "audit_max" else sums[k] + v
-        params = [p for p in self.model.parameters() if p.requires_grad]
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(params, self.cfg.train.max_grad_norm))
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(self._opt_params, self.cfg.train.max_grad_norm))
         if not (math.isfinite(sums["loss"]) and math.isfinite(grad_norm)):
             self.opt.zero_grad(set_to_none=True)  # NaN/inf guard: skip the update, keep the run
             sums["nan_skipped"] += 1
         else:
             self.opt.step()
+            if self.master is not None:
+                self.master.round_into_model()
         self.sched.step()
         return grad_norm, sums
 
     def _micro_loss(self, eps, micro: list[int], adv, keep, aux: Aux, agg: str, norm: float):
         sub = [eps[i] for i in micro]
         chunk = self.cfg.train.logprob_chunk
-        with torch.autocast("cpu", dtype=self.compute_dtype or torch.float32, enabled=self.compute_dtype is not None):
-            lps, ents = group_logprobs(self.model, sub, chunk, with_entropy=True)
+        lps, ents = group_logprobs(self.model, sub, chunk, with_entropy=True)
         sampler = [torch.tensor([x for t in e.live_turns for x in t.action_logprobs]) for e in sub]
         if aux.old_logprobs is not None:
             old = [aux.old_logprobs[i] for i in micro]
