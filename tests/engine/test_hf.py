@@ -101,3 +101,18 @@ def test_a_seeded_request_samples_the_same_tokens_alone_and_in_a_batch_of_eight(
     batch = eng.generate([GenRequest(i, p, seed=1234 if i == 5 else i) for i, p in enumerate(prompts)], sp)
     assert batch[5].token_ids == alone.token_ids and len(alone.token_ids) == 8
     assert torch.allclose(torch.tensor(batch[5].logprobs), torch.tensor(alone.logprobs), atol=1e-4)
+
+
+def test_the_prefix_distinct_prompts_share_is_encoded_once(tiny_model, tokenizer):
+    prompts = _prompts(tokenizer, ["What is 2 + 2?", "Hi", "Tell me a long story about the sea, please."])
+    shared = next(i for i in range(len(prompts[1])) if len({p[i] for p in prompts}) > 1)  # system prompt + header
+    assert shared >= HFEngine.MIN_SHARED_PREFIX
+    seen = []
+    hook = tiny_model.register_forward_pre_hook(lambda m, a, kw: seen.append(tuple(kw["input_ids"].shape)), with_kwargs=True)
+    eng = HFEngine(tiny_model, [2], tokenizer.pad_token_id)
+    res = eng.generate([GenRequest(i, p) for i, p in enumerate(prompts)], SamplingParams(temperature=0, max_new_tokens=4))
+    hook.remove()
+    assert seen[0] == (1, shared)  # the shared prefix: one row
+    assert seen[1] == (3, max(len(p) - shared for p in prompts))  # then only each prompt's own suffix
+    for p, r in zip(prompts, res):  # and the tokens are those of an unshared, uncached run
+        assert r.token_ids == _reference_greedy(tiny_model, p, 4)

@@ -5,7 +5,8 @@ extends the ids already cached for its key, only the new suffix is encoded: earl
 turns are never re-encoded. Rows have different lengths, so the suffixes are
 left-padded; padded slots are masked out (``attention_mask`` 0) and every real token
 gets its true position id, so the model sees exactly the context of an unpadded run.
-Identical prompts are encoded once. Finished rows leave the batch (once a quarter of it
+Identical prompts are encoded once, and the prefix that distinct prompts share (a system
+prompt, the template's header) once for all of them. Finished rows leave the batch (once a quarter of it
 is done), so little compute goes to them.
 """
 from __future__ import annotations
@@ -19,6 +20,9 @@ from turnrl.engine.base import GenRequest, GenResult, SamplingParams, mix_seed
 
 
 class HFEngine:
+    #: a shared prompt prefix shorter than this is not worth a separate forward
+    MIN_SHARED_PREFIX = 8
+
     def __init__(self, model, stop_ids: list[int], pad_id: int):
         self.model = model
         self.stop_ids = torch.tensor(sorted(set(stop_ids)))
@@ -166,9 +170,21 @@ class HFEngine:
         self.release()
         distinct: dict[tuple[int, ...], int] = {}
         which = [distinct.setdefault(tuple(r.token_ids), len(distinct)) for r in requests]
-        self._keys = list(range(len(distinct)))
-        self._cached = [[] for _ in distinct]
-        logits = self._forward([list(ids) for ids in distinct])  # (U, V)
+        prompts = list(distinct)
+        # The prefix all distinct prompts share (system prompt, template header) is encoded
+        # once and its cache rows copied; each prompt then encodes only its own suffix (at
+        # least one token: the last one's logits start sampling).
+        shared = _common_prefix_len(prompts) if len(prompts) > 1 else 0
+        shared = min(shared, min(len(ids) for ids in prompts) - 1)
+        if shared >= self.MIN_SHARED_PREFIX:
+            self._keys, self._cached = [0], [[]]
+            self._forward([list(prompts[0][:shared])])
+            self._select([0] * len(prompts))
+        else:
+            shared = 0
+            self._cached = [[] for _ in prompts]
+        self._keys = list(range(len(prompts)))
+        logits = self._forward([list(ids[shared:]) for ids in prompts])  # (U, V)
         self._select(which)
         self._keys = [r.key for r in requests]
         return logits[torch.tensor(which)]  # (B, V)
@@ -200,3 +216,11 @@ def _left_pad(x: torch.Tensor, width: int, dim: int = 1) -> torch.Tensor:
     shape = list(x.shape)
     shape[dim] = missing
     return torch.cat([x.new_zeros(shape), x], dim=dim)
+
+
+def _common_prefix_len(seqs: list[tuple[int, ...]]) -> int:
+    first, n = seqs[0], min(len(s) for s in seqs)
+    for i in range(n):
+        if any(s[i] != first[i] for s in seqs[1:]):
+            return i
+    return n
