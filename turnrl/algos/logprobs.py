@@ -121,11 +121,14 @@ def group_logprobs(
     for b, s in enumerate(seqs):
         ids[b, : len(s) - p] = torch.tensor(s[p:])
         attn[b, : len(s)] = 1
-    pos = torch.arange(p, p + width)[None].expand(B, -1)  # (B, W)
+    dev = head.weight.device  # inputs are built on the CPU, then moved once to the model's device
+    ids, attn = ids.to(dev), attn.to(dev)
+    pos = torch.arange(p, p + width, device=dev)[None].expand(B, -1)  # (B, W)
     cache = None
     if p > 0:
         cache = DynamicCache()
-        body(inputs_embeds=_embed(model, torch.tensor([seqs[0][:p]])), use_cache=True, cache=cache)  # (1, P)
+        prefix = torch.tensor([seqs[0][:p]], device=dev)  # (1, P)
+        body(inputs_embeds=_embed(model, prefix), use_cache=True, cache=cache)
         cache.batch_repeat_interleave(B)
     hidden = body(inputs_embeds=_embed(model, ids), attention_mask=attn, position_ids=pos, cache=cache,
                   use_cache=cache is not None).last_hidden_state  # (B, W, C)
@@ -138,8 +141,10 @@ def group_logprobs(
                 cols.append(k - 1 - p)
                 tgts.append(s[k])
                 taus.append(tt[k])
-    h = hidden[torch.tensor(rows, dtype=torch.long), torch.tensor(cols, dtype=torch.long)]  # (N, C)
-    lp, ent = _head_logprobs(head, h, torch.tensor(tgts), torch.tensor(taus), chunk, with_entropy)
+    at = torch.tensor([rows, cols], dtype=torch.long, device=dev)  # (2, N)
+    h = hidden[at[0], at[1]]  # (N, C)
+    tgts, taus = torch.tensor(tgts, device=dev), torch.tensor(taus, device=dev)
+    lp, ent = _head_logprobs(head, h, tgts, taus, chunk, with_entropy)
     counts = [sum(1 for k in range(max(p, 1), len(s)) if m[k]) for s, m in zip(seqs, masks)]
     out = list(lp.split(counts)), (list(ent.split(counts)) if ent is not None else None)
     if return_hidden:

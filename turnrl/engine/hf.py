@@ -8,6 +8,10 @@ gets its true position id, so the model sees exactly the context of an unpadded 
 Identical prompts are encoded once, and the prefix that distinct prompts share (a system
 prompt, the template's header) once for all of them. Finished rows leave the batch (once a quarter of it
 is done), so little compute goes to them.
+
+Tensors live on the model's device (CUDA or CPU): inputs are built on the CPU and moved
+once per forward, each request's sampler is a generator on that device, and the sampled
+ids come back to the CPU once per step.
 """
 from __future__ import annotations
 
@@ -25,9 +29,13 @@ class HFEngine:
 
     def __init__(self, model, stop_ids: list[int], pad_id: int):
         self.model = model
-        self.stop_ids = torch.tensor(sorted(set(stop_ids)))
+        self.stop_ids = frozenset(stop_ids)
         self.pad_id = pad_id
         self.release()
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
 
     # -- state ---------------------------------------------------------------------------
     def release(self) -> None:
@@ -43,7 +51,7 @@ class HFEngine:
 
     def _select(self, rows: list[int]) -> None:
         """Keep only ``rows`` of the cache, in that order."""
-        idx = torch.tensor(rows, dtype=torch.long)
+        idx = torch.tensor(rows, dtype=torch.long, device=self.device)
         self._keys = [self._keys[r] for r in rows]
         self._cached = [self._cached[r] for r in rows]
         if self._cache is not None:
@@ -81,6 +89,8 @@ class HFEngine:
             new_mask[b, width - len(c):] = 1
             pos[b, width - len(c):] = torch.arange(n0, n0 + len(c))
             self._cached[b] = self._cached[b] + c
+        dev = self.device
+        ids, new_mask, pos = ids.to(dev), new_mask.to(dev), pos.to(dev)
         mask = new_mask if self._mask is None else torch.cat([self._mask, new_mask], dim=1)  # (B, L+W)
         if self._cache is None:
             self._cache = DynamicCache()
@@ -126,7 +136,8 @@ class HFEngine:
             self._select(rows)
             logits = self._forward([r.token_ids[len(c):] for r, c in zip(requests, self._cached)])
         # one sampler per request: a row's draws do not depend on the other rows of the batch
-        gens = [torch.Generator().manual_seed(r.seed if r.seed is not None else mix_seed(sampling.seed, j))
+        dev = self.device
+        gens = [torch.Generator(device=dev).manual_seed(r.seed if r.seed is not None else mix_seed(sampling.seed, j))
                 for j, r in enumerate(requests)]
         results = [GenResult([], [], False) for _ in requests]
         limits = [r.max_new_tokens or sampling.max_new_tokens for r in requests]  # each row stops at its own
@@ -137,14 +148,14 @@ class HFEngine:
 
         for _ in range(max(limits)):
             ids, logps = self._sample(logits, sampling, [gens[i] for i in live])
-            stop = torch.isin(ids, self.stop_ids)
+            ids_l, logps_l = ids.tolist(), logps.tolist()  # one device-to-host copy per step
             for b, req_i in enumerate(live):
                 res = results[req_i]
                 if done(req_i):
                     continue  # finished earlier, still in the batch until the next compaction
-                res.token_ids.append(int(ids[b]))
-                res.logprobs.append(float(logps[b]))
-                res.stopped = bool(stop[b])
+                res.token_ids.append(ids_l[b])
+                res.logprobs.append(logps_l[b])
+                res.stopped = ids_l[b] in self.stop_ids
             running = [not done(i) for i in live]
             if not any(running):
                 break
@@ -157,8 +168,8 @@ class HFEngine:
                 self._park(finished)
                 self._select(keep)
                 live = [live[b] for b in keep]
-                ids, running = ids[torch.tensor(keep)], [True] * len(keep)
-            logits = self._forward([[int(t)] for t in ids], real=running)
+                ids_l, running = [ids_l[b] for b in keep], [True] * len(keep)
+            logits = self._forward([[t] for t in ids_l], real=running)
         self._unpark()
         if was_training:
             self.model.train()
@@ -187,12 +198,12 @@ class HFEngine:
         logits = self._forward([list(ids[shared:]) for ids in prompts])  # (U, V)
         self._select(which)
         self._keys = [r.key for r in requests]
-        return logits[torch.tensor(which)]  # (B, V)
+        return logits[torch.tensor(which, device=logits.device)]  # (B, V)
 
     # Rows that finish early are parked (their cache rows split off) and merged back at
     # the end of the call, so the next turn finds every conversation in one batch.
     def _park(self, rows: list[int]) -> None:
-        idx = torch.tensor(rows, dtype=torch.long)
+        idx = torch.tensor(rows, dtype=torch.long, device=self.device)
         layers = [(l.keys[idx], l.values[idx]) for l in self._cache.layers]
         self._parked.append(([self._keys[r] for r in rows], [self._cached[r] for r in rows], self._mask[idx], layers))
 
