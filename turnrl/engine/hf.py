@@ -1,6 +1,6 @@
 """Hugging Face engine: batched sampling with one KV cache kept across turns.
 
-All conversations of a rollout live in one batched ``DynamicCache``. When a request
+All conversations of a rollout live in one batched KV cache (``GrowingCache``: it grows in place). When a request
 extends the ids already cached for its key, only the new suffix is encoded: earlier
 turns are never re-encoded. Rows have different lengths, so the suffixes are
 left-padded; padded slots are masked out (``attention_mask`` 0) and every real token
@@ -18,7 +18,7 @@ from __future__ import annotations
 from typing import Hashable
 
 import torch
-from transformers import DynamicCache
+from turnrl.engine.kv import GrowingCache
 
 from turnrl.engine.base import GenRequest, GenResult, SamplingParams, mix_seed
 
@@ -41,7 +41,7 @@ class HFEngine:
     def release(self) -> None:
         self._keys: list[Hashable] = []
         self._cached: list[list[int]] = []  # ids held in the cache, per row
-        self._cache: DynamicCache | None = None
+        self._cache: GrowingCache | None = None
         self._mask: torch.Tensor | None = None  # (B, L) 1 where the cache slot is real
         self._parked: list = []  # rows that finished this call, split off the cache
 
@@ -93,7 +93,7 @@ class HFEngine:
         ids, new_mask, pos = ids.to(dev), new_mask.to(dev), pos.to(dev)
         mask = new_mask if self._mask is None else torch.cat([self._mask, new_mask], dim=1)  # (B, L+W)
         if self._cache is None:
-            self._cache = DynamicCache()
+            self._cache = GrowingCache()
         out = self.model(input_ids=ids, attention_mask=mask, position_ids=pos, cache=self._cache,
                          use_cache=True, logits_to_keep=1)
         self._mask = mask
