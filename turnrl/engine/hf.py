@@ -135,10 +135,10 @@ class HFEngine:
         groups: dict[tuple, list[int]] = {}
         for b, sp in enumerate(sampling):
             groups.setdefault((sp.temperature, sp.top_p, sp.top_k), []).append(b)
-        ids = torch.empty(len(sampling), dtype=torch.long)  # (B,)
-        logps = torch.empty(len(sampling))  # (B,)
+        ids = torch.empty(len(sampling), dtype=torch.long, device=logits.device)  # (B,)
+        logps = torch.empty(len(sampling), device=logits.device)  # (B,)
         for rows in groups.values():
-            idx = torch.tensor(rows)
+            idx = torch.tensor(rows, device=logits.device)
             ids[idx], logps[idx] = cls._sample(logits[idx], sampling[rows[0]], [gens[b] for b in rows])
         return ids, logps
 
@@ -291,7 +291,7 @@ class HFEngine:
         for p, (n, layers) in zip(prompts, hits):
             if n < self.MIN_SHARED_PREFIX:
                 n, layers = 0, [(k[:, :0], v[:, :0]) for k, v in ref]
-            parts.append(([None], [list(p[:n])], torch.ones((1, n), dtype=torch.long),
+            parts.append(([None], [list(p[:n])], torch.ones((1, n), dtype=torch.long, device=ref[0][0].device),
                           [(k[None], v[None]) for k, v in layers]))
         self._merge_rows(parts)
         return True
