@@ -103,6 +103,11 @@ def test_endpoint_and_model_together_is_a_config_error(capsys):
     assert "--endpoint names the model to evaluate" in capsys.readouterr().err
 
 
+def test_a_negative_prefix_cache_budget_is_a_config_error(capsys):
+    assert main(["serve", "smollm2-135m", "--prefix-cache-tokens", "-1"]) == 2
+    assert "--prefix-cache-tokens -1: must be >= 0 (0 = off)" in capsys.readouterr().err
+
+
 def test_no_arguments_prints_the_commands(capsys):
     assert main([]) == 0
     out = capsys.readouterr().out

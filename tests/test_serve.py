@@ -1,4 +1,5 @@
 """``turnrl serve`` as a real server in a subprocess, driven by the official openai client."""
+import json
 import socket
 import subprocess
 import sys
@@ -58,6 +59,9 @@ def test_http_eval_matches_the_in_process_engine_with_greedy_decoding(server, to
     for k in ("succ@1", "succ@3", "self_correction_rate", "repeated_answer_rate", "invalid_format_rate", "tokens_per_episode"):
         assert remote.metrics[k] == local.metrics[k], k
     assert remote.metrics["errored_episodes"] == 0
+    cache = json.load(urllib.request.urlopen(server.removesuffix("/v1") + "/health", timeout=5))["prefix_cache"]
+    assert cache["max_tokens"] == 32768 and 0 < cache["tokens"] <= 32768
+    assert cache["hit_tokens"] > cache["lookup_tokens"] / 2  # later turns started from their earlier turns' KV
 
 
 def test_chat_completions_api(server, chat):
@@ -94,20 +98,40 @@ def test_requests_with_different_token_limits_share_one_batch(tiny_model, tokeni
     from turnrl.engine import HFEngine, SamplingParams
     from turnrl.serve import Batcher
 
-    class Counting(HFEngine):
-        calls = 0
-
-        def generate(self, requests, sampling):
-            type(self).calls += 1
-            return super().generate(requests, sampling)
-
-    eng = Counting(tiny_model, chat.stop_ids, tokenizer.pad_token_id)
-    batcher = Batcher(eng, wait_s=0.5)
+    shapes = []
+    hook = tiny_model.register_forward_pre_hook(lambda m, a, kw: shapes.append(tuple(kw["input_ids"].shape)), with_kwargs=True)
+    batcher = Batcher(HFEngine(tiny_model, chat.stop_ids, tokenizer.pad_token_id), wait_s=0.5)
     ids = chat.prompt_ids([Message("user", "Hi")])
     futures = [batcher.submit(ids, SamplingParams(temperature=0, max_new_tokens=n)) for n in (3, 7)]
     a, b = (f.result(timeout=60) for f in futures)
-    assert Counting.calls == 1  # one generate call for both
+    hook.remove()
+    assert shapes[0] == (1, len(ids))  # the same prompt, encoded once for both
+    assert shapes[1:3] == [(2, 1), (2, 1)]  # then decoded together
     assert len(a.token_ids) == 3 and len(b.token_ids) == 7 and a.token_ids == b.token_ids[:3]
+
+
+def test_a_request_arriving_mid_batch_joins_it_and_returns_first(tiny_model, tokenizer, chat):
+    from turnrl.engine import HFEngine, PrefixCache, SamplingParams
+    from turnrl.serve import Batcher
+
+    eng = HFEngine(tiny_model, chat.stop_ids, tokenizer.pad_token_id, prefix_cache=PrefixCache(4096))
+    batcher = Batcher(eng)
+    long_ids = chat.prompt_ids([Message("user", "Tell me a long story about the sea, please.")])
+    short_ids = chat.prompt_ids([Message("user", "Hi")])
+    long_sp = SamplingParams(temperature=0, max_new_tokens=400)
+    short_sp = SamplingParams(temperature=1.0, max_new_tokens=5, seed=11)
+    long = batcher.submit(long_ids, long_sp)
+    deadline = time.time() + 30
+    while not batcher.batch.rows or not batcher.batch.rows[0].result.token_ids:  # the long one is decoding
+        assert time.time() < deadline
+        time.sleep(0.001)
+    short = batcher.submit(short_ids, short_sp).result(timeout=60)
+    assert not long.done()  # the short request did not wait for the long one
+    long = long.result(timeout=120)
+    assert len(short.token_ids) == 5 and len(long.token_ids) == 400
+    alone = Batcher(HFEngine(tiny_model, chat.stop_ids, tokenizer.pad_token_id))
+    assert alone.submit(short_ids, short_sp).result(timeout=60).token_ids == short.token_ids
+    assert alone.submit(long_ids, long_sp).result(timeout=120).token_ids == long.token_ids
 
 
 def test_a_seeded_request_gets_the_same_reply_alone_and_batched(tiny_model, tokenizer, chat):

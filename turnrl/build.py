@@ -158,6 +158,11 @@ def load_for_inference(name: str):
     return load_model(name), load_tokenizer(name)
 
 
-def build_engine(model, tok) -> tuple[HFEngine, ChatFormat]:
+def build_engine(model, tok, prefix_cache_tokens: int = 0) -> tuple[HFEngine, ChatFormat]:
+    """``prefix_cache_tokens`` > 0: the engine keeps released rows' KV (that many tokens,
+    least recently used out) and starts new prompts from the longest prefix it holds."""
+    from turnrl.engine.prefix_cache import PrefixCache
+
     chat = ChatFormat(tok)
-    return HFEngine(model, chat.stop_ids, tok.pad_token_id), chat
+    cache = PrefixCache(prefix_cache_tokens) if prefix_cache_tokens > 0 else None
+    return HFEngine(model, chat.stop_ids, tok.pad_token_id, prefix_cache=cache), chat

@@ -45,14 +45,19 @@ def _parser() -> argparse.ArgumentParser:
             s.add_argument("--no-report", action="store_true", help="skip the Markdown / PNG / HTML report")
     v = sub.add_parser("serve", help="serve a model over an OpenAI-compatible chat-completions API",
                        description="Serve a model at http://HOST:PORT/v1 (/chat/completions, /models; no streaming) "
-                       "with the built-in engine. Concurrent requests with the same sampling settings are generated "
-                       "as one batch; greedy replies equal the in-process engine's. Stop it with Ctrl-C.")
+                       "with the built-in engine. Requests join the running batch at the next decode step and leave "
+                       "it when done; a prefix cache keeps finished requests' KV so a conversation's next turn encodes "
+                       "only its new tokens. Greedy replies equal the in-process engine's. Stop it with Ctrl-C.")
     v.add_argument("model", help="'smollm2-135m', a local HF dir, a run dir (its final/ model), a checkpoint dir, or a hub id")
     v.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s, this machine only)")
     v.add_argument("--port", type=int, default=8000, help="port to listen on (default: %(default)s)")
     v.add_argument("--name", help="model name clients ask for (default: MODEL as given)")
     v.add_argument("--max-context", type=int, default=2048, help="prompt + reply token limit")
-    v.add_argument("--max-batch", type=int, default=32, help="requests generated together at most")
+    v.add_argument("--max-batch", type=int, default=32, help="requests decoding together at most")
+    v.add_argument("--prefix-cache-tokens", type=int, default=32768,
+                   help="tokens of finished requests' KV kept for later requests that share their prefix, least "
+                        "recently used out; 0 = off. A token costs layers x 2 x kv_heads x head_dim x 4 bytes "
+                        "(SmolLM2-135M: 45 KiB; the default: 1.4 GiB) (default: %(default)s)")
     v.add_argument("--threads", type=int, default=0, help="torch CPU threads; 0 = torch's default")
     r = sub.add_parser("report", help="build the JSON / Markdown / PNG / HTML report of a run or eval directory",
                        description="Build report.json, report.md, succ_at_k.png, training.png (runs only) and a "
@@ -164,10 +169,12 @@ def _dispatch(args, rest: list[str]) -> int:
     if args.cmd == "serve":
         if rest:
             raise ConfigError(f"turnrl serve takes no config overrides: {' '.join(rest)}")
+        if args.prefix_cache_tokens < 0:
+            raise ConfigError(f"--prefix-cache-tokens {args.prefix_cache_tokens}: must be >= 0 (0 = off)")
         from turnrl.serve import serve
 
         serve(args.model, host=args.host, port=args.port, name=args.name, max_context=args.max_context,
-              max_batch=args.max_batch, threads=args.threads)
+              max_batch=args.max_batch, threads=args.threads, prefix_cache_tokens=args.prefix_cache_tokens)
         return 0
     if args.cmd == "report":
         if rest:

@@ -2,9 +2,12 @@
 engine, so a trained model is usable from any OpenAI client and evaluable over HTTP.
 
 Endpoints: ``POST /v1/chat/completions`` (no streaming, no tools), ``GET /v1/models``,
-``GET /health``. Concurrent requests are batched: one worker thread owns the engine and
-runs every request that arrived with the same sampling settings in one ``generate``
-call. Greedy (``temperature: 0``) replies equal the in-process engine's.
+``GET /health``. One worker thread owns the engine and batches continuously: a request
+joins the running batch at the next decode step and leaves it (its reply returned) as
+soon as it is done; rows sample with their own settings, seed and token limit. With the
+prefix cache (``--prefix-cache-tokens``), a finished row's KV is kept by the token ids it
+holds, so a multi-turn client's next request encodes only what the last one did not
+hold. Greedy (``temperature: 0``) replies equal the in-process engine's.
 """
 from __future__ import annotations
 
@@ -13,13 +16,17 @@ import threading
 import time
 import uuid
 from concurrent.futures import Future
-from dataclasses import replace
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from turnrl.engine.base import GenRequest, SamplingParams
+from turnrl.engine.base import SamplingParams
+from turnrl.engine.continuous import ContinuousBatch
 from turnrl.types import Message
+
+
+#: tokens of KV the server keeps for the next turns (SmolLM2-135M, fp32: 45 KiB a token, 1.4 GiB)
+DEFAULT_PREFIX_CACHE_TOKENS = 32768
 
 
 class ChatMessage(BaseModel):
@@ -43,52 +50,52 @@ class ChatRequest(BaseModel):
 
 
 class Batcher:
-    """Serialises access to the engine and batches requests that share sampling settings."""
+    """Owns the engine: requests join the running batch between decode steps (at most
+    ``max_batch`` decoding at once) and each future resolves as soon as its row is done.
+    When the batch is empty, the first request waits ``wait_s`` for others to start with it."""
 
     def __init__(self, engine, max_batch: int = 32, wait_s: float = 0.01):
         self.engine, self.max_batch, self.wait_s = engine, max_batch, wait_s
+        self.batch = ContinuousBatch(engine)
         self.q: queue.Queue = queue.Queue()
         self.thread = threading.Thread(target=self._loop, name="turnrl-engine", daemon=True)
         self.thread.start()
 
     def submit(self, ids: list[int], sp: SamplingParams) -> Future:
+        """``sp.seed`` and ``sp.max_new_tokens`` are this request's own."""
         fut: Future = Future()
         self.q.put((ids, sp, fut))
         return fut
 
-    def _loop(self) -> None:
-        held: list = []
-        while True:  # a daemon thread: it ends with the server process
-            first = held.pop(0) if held else self.q.get()
-            batch, deadline = [first], time.monotonic() + self.wait_s
-            rest = []
-            for item in held:  # requests held back from an earlier batch go first
-                (batch if _same(item[1], first[1]) and len(batch) < self.max_batch else rest).append(item)
-            held = rest
-            while len(batch) < self.max_batch:
+    def _arrivals(self) -> list:
+        room = self.max_batch - len(self.batch)
+        if len(self.batch):  # decoding: take what is waiting, do not wait
+            items = []
+            while len(items) < room:
                 try:
-                    item = self.q.get(timeout=max(0.0, deadline - time.monotonic()))
+                    items.append(self.q.get_nowait())
                 except queue.Empty:
                     break
-                (batch if _same(item[1], first[1]) else held).append(item)
+            return items
+        items, deadline = [self.q.get()], time.monotonic() + self.wait_s
+        while len(items) < room:
             try:
-                # each request keeps its own token limit and its own seeded sampler
-                requests = [GenRequest(i, ids, sp.max_new_tokens, sp.seed) for i, (ids, sp, _) in enumerate(batch)]
-                results = self.engine.generate(requests, first[1])
-                for (_, _, fut), res in zip(batch, results):
+                items.append(self.q.get(timeout=max(0.0, deadline - time.monotonic())))
+            except queue.Empty:
+                break
+        return items
+
+    def _loop(self) -> None:
+        while True:  # a daemon thread: it ends with the server process
+            items = self._arrivals()
+            try:
+                self.batch.add(items)
+                for fut, res in self.batch.step():
                     fut.set_result(res)
-            except Exception as e:  # a failed batch fails its requests, never the server
-                for _, _, fut in batch:
-                    fut.set_exception(e)
-            finally:
-                self.engine.release()
-
-
-def _same(a: SamplingParams, b: SamplingParams) -> bool:
-    """Requests batch together when only their seeds and token limits differ: each row
-    stops at its own limit and samples from its own seed, so a seeded reply does not
-    depend on what it was batched with."""
-    return replace(a, seed=0, max_new_tokens=1) == replace(b, seed=0, max_new_tokens=1)
+            except Exception as e:  # a failure fails the requests in the batch, never the server
+                for fut in {id(f): f for f in self.batch.reset() + [f for _, _, f in items]}.values():
+                    if not fut.done():
+                        fut.set_exception(e)
 
 
 def create_app(engine, chat, model_name: str, max_context: int, max_batch: int = 32):
@@ -116,7 +123,8 @@ def create_app(engine, chat, model_name: str, max_context: int, max_batch: int =
 
     @app.get("/health")
     def health():
-        return {"status": "ok"}
+        cache = getattr(engine, "prefix_cache", None)
+        return {"status": "ok", "prefix_cache": cache.stats() if cache is not None else None}
 
     @app.get("/v1/models")
     def models():
@@ -154,7 +162,8 @@ def create_app(engine, chat, model_name: str, max_context: int, max_batch: int =
 
 
 def serve(model: str, host: str = "127.0.0.1", port: int = 8000, name: str | None = None,
-          max_context: int = 2048, max_batch: int = 32, threads: int = 0) -> None:
+          max_context: int = 2048, max_batch: int = 32, threads: int = 0,
+          prefix_cache_tokens: int = DEFAULT_PREFIX_CACHE_TOKENS) -> None:
     import torch
     import uvicorn
 
@@ -162,7 +171,7 @@ def serve(model: str, host: str = "127.0.0.1", port: int = 8000, name: str | Non
 
     if threads:
         torch.set_num_threads(threads)
-    engine, chat = build_engine(*load_for_inference(model))
+    engine, chat = build_engine(*load_for_inference(model), prefix_cache_tokens=prefix_cache_tokens)
     app = create_app(engine, chat, name or model, max_context=max_context, max_batch=max_batch)
     print(f"turnrl serve: {name or model} on http://{host}:{port}/v1", flush=True)
     uvicorn.run(app, host=host, port=port, log_level="warning")

@@ -12,6 +12,11 @@ is done), so little compute goes to them.
 Tensors live on the model's device (CUDA or CPU): inputs are built on the CPU and moved
 once per forward, each request's sampler is a generator on that device, and the sampled
 ids come back to the CPU once per step.
+
+With a ``PrefixCache``, rows dropped by ``release`` keep their KV there, and a fresh
+prefill starts each prompt from the longest stored prefix it shares. ``turnrl serve``
+decodes step by step (``turnrl/engine/continuous.py``) with the pieces below:
+``_prefill_fresh``, ``_sample_step``, ``_forward``, ``_split`` / ``_merge_rows``.
 """
 from __future__ import annotations
 
@@ -21,17 +26,19 @@ import torch
 from turnrl.engine.kv import GrowingCache
 
 from turnrl.engine.base import GenRequest, GenResult, SamplingParams, mix_seed
+from turnrl.engine.prefix_cache import PrefixCache
 
 
 class HFEngine:
     #: a shared prompt prefix shorter than this is not worth a separate forward
     MIN_SHARED_PREFIX = 8
 
-    def __init__(self, model, stop_ids: list[int], pad_id: int):
+    def __init__(self, model, stop_ids: list[int], pad_id: int, prefix_cache: PrefixCache | None = None):
         self.model = model
         self.stop_ids = frozenset(stop_ids)
         self.pad_id = pad_id
-        self.release()
+        self.prefix_cache = prefix_cache  # None: rows are forgotten on release
+        self._reset()
 
     @property
     def device(self) -> torch.device:
@@ -39,6 +46,11 @@ class HFEngine:
 
     # -- state ---------------------------------------------------------------------------
     def release(self) -> None:
+        if self.prefix_cache is not None and self._cache is not None:
+            self._stash(range(len(self._keys)))
+        self._reset()
+
+    def _reset(self) -> None:
         self._keys: list[Hashable] = []
         self._cached: list[list[int]] = []  # ids held in the cache, per row
         self._cache: GrowingCache | None = None
@@ -47,7 +59,9 @@ class HFEngine:
 
     def load_weights(self, model) -> None:
         self.model = model
-        self.release()
+        if self.prefix_cache is not None:
+            self.prefix_cache.clear()  # KV of the old weights
+        self._reset()
 
     def _select(self, rows: list[int]) -> None:
         """Keep only ``rows`` of the cache, in that order."""
@@ -123,6 +137,36 @@ class HFEngine:
         ids = torch.cat([torch.multinomial(probs[b], 1, generator=g) for b, g in enumerate(gens)])  # (B,)
         return ids, logp.gather(-1, ids[:, None]).squeeze(-1)
 
+    @classmethod
+    def _sample_rows(cls, logits: torch.Tensor, sampling: list[SamplingParams], gens: list[torch.Generator]):
+        """``_sample`` with row b drawn under ``sampling[b]`` (one entry: every row's)."""
+        if len(sampling) == 1 or all(sp == sampling[0] for sp in sampling):
+            return cls._sample(logits, sampling[0], gens)
+        groups: dict[tuple, list[int]] = {}
+        for b, sp in enumerate(sampling):
+            groups.setdefault((sp.temperature, sp.top_p, sp.top_k), []).append(b)
+        ids = torch.empty(len(sampling), dtype=torch.long, device=logits.device)  # (B,)
+        logps = torch.empty(len(sampling), device=logits.device)  # (B,)
+        for rows in groups.values():
+            idx = torch.tensor(rows, device=logits.device)
+            ids[idx], logps[idx] = cls._sample(logits[idx], sampling[rows[0]], [gens[b] for b in rows])
+        return ids, logps
+
+    def _sample_step(self, logits: torch.Tensor, sampling: list[SamplingParams], gens: list[torch.Generator],
+                     results: list[GenResult], limits: list[int]) -> tuple[list[int], list[bool]]:
+        """Sample one token for every cache row and append it to its row's result (rows
+        already done are skipped); return the ids (B,) and which rows are still running."""
+        ids, logps = self._sample_rows(logits, sampling, gens)
+        ids, logps = ids.tolist(), logps.tolist()  # one device-to-host copy per step
+        running = []
+        for b, res in enumerate(results):
+            if not _done(res, limits[b]):
+                res.token_ids.append(ids[b])
+                res.logprobs.append(logps[b])
+                res.stopped = ids[b] in self.stop_ids
+            running.append(not _done(res, limits[b]))
+        return ids, running
+
     @torch.no_grad()
     def generate(self, requests: list[GenRequest], sampling: SamplingParams) -> list[GenResult]:
         if not requests:
@@ -143,20 +187,10 @@ class HFEngine:
         limits = [r.max_new_tokens or sampling.max_new_tokens for r in requests]  # each row stops at its own
         live = list(range(len(requests)))  # request index of each cache row
 
-        def done(i: int) -> bool:
-            return results[i].stopped or len(results[i].token_ids) >= limits[i]
-
         for _ in range(max(limits)):
-            ids, logps = self._sample(logits, sampling, [gens[i] for i in live])
-            ids_l, logps_l = ids.tolist(), logps.tolist()  # one device-to-host copy per step
-            for b, req_i in enumerate(live):
-                res = results[req_i]
-                if done(req_i):
-                    continue  # finished earlier, still in the batch until the next compaction
-                res.token_ids.append(ids_l[b])
-                res.logprobs.append(logps_l[b])
-                res.stopped = ids_l[b] in self.stop_ids
-            running = [not done(i) for i in live]
+            # rows finished earlier stay in the batch until the next compaction
+            ids, running = self._sample_step(logits, [sampling], [gens[i] for i in live],
+                                             [results[i] for i in live], [limits[i] for i in live])
             if not any(running):
                 break
             finished = [b for b, r in enumerate(running) if not r]
@@ -168,8 +202,8 @@ class HFEngine:
                 self._park(finished)
                 self._select(keep)
                 live = [live[b] for b in keep]
-                ids_l, running = [ids_l[b] for b in keep], [True] * len(keep)
-            logits = self._forward([[t] for t in ids_l], real=running)
+                ids, running = [ids[b] for b in keep], [True] * len(keep)
+            logits = self._forward([[t] for t in ids], real=running)
         self._unpark()
         if was_training:
             self.model.train()
@@ -182,6 +216,8 @@ class HFEngine:
         distinct: dict[tuple[int, ...], int] = {}
         which = [distinct.setdefault(tuple(r.token_ids), len(distinct)) for r in requests]
         prompts = list(distinct)
+        if self._start_from_prefix_cache(prompts):
+            return self._prefill_rest(prompts, which, requests)
         # The prefix all distinct prompts share (system prompt, template header) is encoded
         # once and its cache rows copied; each prompt then encodes only its own suffix (at
         # least one token: the last one's logits start sampling).
@@ -192,10 +228,14 @@ class HFEngine:
             self._forward([list(prompts[0][:shared])])
             self._select([0] * len(prompts))
         else:
-            shared = 0
             self._cached = [[] for _ in prompts]
+        return self._prefill_rest(prompts, which, requests)
+
+    def _prefill_rest(self, prompts: list[tuple[int, ...]], which: list[int], requests: list[GenRequest]) -> torch.Tensor:
+        """Encode each distinct prompt past what its row already caches, then give every
+        request its own copy of its prompt's row."""
         self._keys = list(range(len(prompts)))
-        logits = self._forward([list(ids[shared:]) for ids in prompts])  # (U, V)
+        logits = self._forward([list(ids[len(c):]) for ids, c in zip(prompts, self._cached)])  # (U, V)
         self._select(which)
         self._keys = [r.key for r in requests]
         return logits[torch.tensor(which, device=logits.device)]  # (B, V)
@@ -203,20 +243,73 @@ class HFEngine:
     # Rows that finish early are parked (their cache rows split off) and merged back at
     # the end of the call, so the next turn finds every conversation in one batch.
     def _park(self, rows: list[int]) -> None:
-        idx = torch.tensor(rows, dtype=torch.long, device=self.device)
-        layers = [(l.keys[idx], l.values[idx]) for l in self._cache.layers]
-        self._parked.append(([self._keys[r] for r in rows], [self._cached[r] for r in rows], self._mask[idx], layers))
+        self._parked.append(self._split(rows))
 
     def _unpark(self) -> None:
         parked, self._parked = self._parked, []
-        for keys, cached, mask, layers in parked:
-            width = max(self._mask.shape[1], mask.shape[1])
-            self._mask = torch.cat([_left_pad(self._mask, width), _left_pad(mask, width)])
-            for layer, (k, v) in zip(self._cache.layers, layers):
-                layer.keys = torch.cat([_left_pad(layer.keys, width, dim=2), _left_pad(k, width, dim=2)])
-                layer.values = torch.cat([_left_pad(layer.values, width, dim=2), _left_pad(v, width, dim=2)])
-            self._keys += keys
-            self._cached += cached
+        self._merge_rows(parked)
+
+    def _split(self, rows: list[int]) -> tuple:
+        """A copy of ``rows`` of the batch: (keys, cached ids, mask, [(k, v) per layer])."""
+        if rows == list(range(len(self._keys))):  # the whole batch: no copy needed
+            layers = [(l.keys, l.values) for l in self._cache.layers]
+            return list(self._keys), list(self._cached), self._mask, layers
+        idx = torch.tensor(rows, dtype=torch.long, device=self.device)
+        layers = [(l.keys[idx], l.values[idx]) for l in self._cache.layers]
+        return [self._keys[r] for r in rows], [self._cached[r] for r in rows], self._mask[idx], layers
+
+    def _merge_rows(self, parts: list[tuple]) -> None:
+        """Append the rows of ``parts`` (``_split``'s tuples) to the batch: every part is
+        left-padded with masked slots to the widest."""
+        if not parts:
+            return
+        if self._cache is not None:
+            parts = [self._split(list(range(len(self._keys))))] + list(parts)
+        width = max(mask.shape[1] for _, _, mask, _ in parts)
+        self._mask = torch.cat([_left_pad(mask, width) for _, _, mask, _ in parts])
+        layers = [(torch.cat([_left_pad(p[3][i][0], width, dim=2) for p in parts]),
+                   torch.cat([_left_pad(p[3][i][1], width, dim=2) for p in parts])) for i in range(len(parts[0][3]))]
+        self._cache = GrowingCache.from_layers(layers)
+        self._keys = [k for p in parts for k in p[0]]
+        self._cached = [c for p in parts for c in p[1]]
+
+    def _trim(self) -> None:
+        """Drop the leading slots no row attends to (rows that left the batch held them)."""
+        first = int(self._mask.any(0).long().argmax()) if self._mask.shape[1] else 0
+        if first > 0:
+            self._mask = self._mask[:, first:]
+            for layer in self._cache.layers:
+                layer.keys, layer.values = layer.keys[:, :, first:], layer.values[:, :, first:]
+
+    # -- prefix cache --------------------------------------------------------------------
+    def _stash(self, rows) -> None:
+        """Keep the KV of ``rows`` (only their real slots) in the prefix cache."""
+        for b in rows:
+            real = self._mask[b].bool()
+            self.prefix_cache.put(self._cached[b], [(l.keys[b][:, real], l.values[b][:, real]) for l in self._cache.layers])
+
+    def _start_from_prefix_cache(self, prompts: list[tuple[int, ...]]) -> bool:
+        """Start one row per prompt from its longest prefix in the prefix cache (at least
+        one token is left to encode: its logits start sampling). False, with nothing
+        done, when no prompt shares ``MIN_SHARED_PREFIX`` tokens with a stored entry."""
+        if self.prefix_cache is None:
+            return False
+        hits = [self.prefix_cache.match(list(p), limit=len(p) - 1) for p in prompts]
+        if not any(n >= self.MIN_SHARED_PREFIX for n, _ in hits):
+            return False
+        ref = next(layers for n, layers in hits if n >= self.MIN_SHARED_PREFIX)
+        parts = []
+        for p, (n, layers) in zip(prompts, hits):
+            if n < self.MIN_SHARED_PREFIX:
+                n, layers = 0, [(k[:, :0], v[:, :0]) for k, v in ref]
+            parts.append(([None], [list(p[:n])], torch.ones((1, n), dtype=torch.long, device=ref[0][0].device),
+                          [(k[None], v[None]) for k, v in layers]))
+        self._merge_rows(parts)
+        return True
+
+
+def _done(res: GenResult, limit: int) -> bool:
+    return res.stopped or len(res.token_ids) >= limit
 
 
 def _left_pad(x: torch.Tensor, width: int, dim: int = 1) -> torch.Tensor:

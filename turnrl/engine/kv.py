@@ -56,3 +56,11 @@ class GrowingCache(DynamicCache):
 
     def __init__(self):
         Cache.__init__(self, layer_class_to_replicate=GrowingLayer)
+
+    @classmethod
+    def from_layers(cls, layers: list[tuple[torch.Tensor, torch.Tensor]]) -> "GrowingCache":
+        """A cache holding ``(keys, values)`` per decoder layer."""
+        cache = cls()
+        for i, (k, v) in enumerate(layers):
+            cache.update(k, v, i)
+        return cache
