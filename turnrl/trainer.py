@@ -51,6 +51,10 @@ class Trainer:
         check_recipes(cfg, self.max_turns)
         self.algo = get_algorithm(cfg.algo.name)
         check_needs(self.algo, self.make_env, cfg.env.name)  # before minutes go into loading a model
+        if cfg.scale.learner_workers > 1:  # Ray missing or unreachable: said before the model loads
+            from turnrl.scale.ray_cluster import connect
+
+            connect(cfg, f"scale.learner_workers = {cfg.scale.learner_workers}")
         for setting in ("rise_groups", "turn_penalty"):
             if getattr(cfg.rollout, setting):
                 self._probe_correct(f"rollout.{setting}")
