@@ -1,10 +1,8 @@
 """The update on an FSDP group (turnrl.scale.fsdp): 2 Ray actors, gloo on CPU. Marked
 ``ray`` (not in the default run): ``pytest -m ray``."""
-import copy
 import json
 
 import pytest
-import torch
 
 from tests.conftest import make_tiny_model
 from tests.test_trainer import cfg_for, weights

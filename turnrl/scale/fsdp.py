@@ -25,9 +25,7 @@ and optimizer state stay sharded between passes; activations are a single proces
 from __future__ import annotations
 
 import math
-import os
 import socket
-from pathlib import Path
 
 import torch
 
@@ -122,7 +120,7 @@ def _to_indexed(osd: dict, names: list[str], aliases: dict[str, str]) -> dict:
     ``torch.optim.Optimizer.state_dict`` (keyed by position), so one-process and FSDP
     checkpoints load into each other."""
     index = {n: i for i, n in enumerate(names)}
-    pos = lambda fqn: index[aliases.get(fqn, fqn)]  # noqa: E731
+    pos = lambda fqn: index[aliases.get(fqn, fqn)]
     groups = [{**g, "params": sorted(pos(f) for f in g["params"])} for g in osd["param_groups"]]
     return {"state": {pos(f): s for f, s in osd["state"].items()}, "param_groups": groups}
 
@@ -219,6 +217,7 @@ class FSDPLearnerGroup:
         self.critic = None  # critics are refused by the config (RunConfig._check)
         world = cfg.scale.learner_workers
         ray = connect(cfg, f"scale.learner_workers = {world}")
+        from ray.exceptions import GetTimeoutError
         from ray.util.placement_group import placement_group, remove_placement_group
         from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
@@ -227,7 +226,7 @@ class FSDPLearnerGroup:
         self._pg = placement_group([bundle] * world, strategy="PACK")
         try:
             ray.get(self._pg.ready(), timeout=PLACEMENT_TIMEOUT_S)
-        except Exception:
+        except GetTimeoutError:
             remove_placement_group(self._pg)
             raise ClusterError(f"scale.learner_workers = {world}: the Ray cluster cannot place {world} x {bundle} "
                                f"within {PLACEMENT_TIMEOUT_S} s (it has {ray.available_resources()})") from None
@@ -235,10 +234,14 @@ class FSDPLearnerGroup:
         self.ranks = [actor.options(num_cpus=1, num_gpus=gpus, runtime_env=worker_env(),
                                     scheduling_strategy=PlacementGroupSchedulingStrategy(self._pg, placement_group_bundle_index=r)
                                     ).remote(r, world, cfg.train.threads) for r in range(world)]
-        addr, port = ray.get(self.ranks[0].address.remote())
-        shipped = ray.put(model)
-        ray.get([a.setup.remote(cfg, shipped, chat, addr, port) for a in self.ranks])
         self._ray = ray
+        try:
+            addr, port = ray.get(self.ranks[0].address.remote())
+            shipped = ray.put(model)
+            ray.get([a.setup.remote(cfg, shipped, chat, addr, port) for a in self.ranks])
+        except BaseException:
+            self.close(graceful=False)
+            raise
 
     def _all(self, method: str, *args) -> list:
         return self._ray.get([getattr(a, method).remote(*args) for a in self.ranks])
@@ -256,13 +259,15 @@ class FSDPLearnerGroup:
         self.model.load_state_dict(state["model"])
         self._all("load_state_dict", self._ray.put({k: state[k] for k in ("model", "optimizer", "scheduler")}))
 
-    def close(self) -> None:
+    def close(self, graceful: bool = True) -> None:
+        """Stop the ranks (the trainer calls it when a run ends)."""
         if not self.ranks:
             return
         from ray.util.placement_group import remove_placement_group
 
         try:
-            self._all("close")
+            if graceful:
+                self._all("close")
         finally:
             for a in self.ranks:
                 self._ray.kill(a)
