@@ -291,6 +291,16 @@ class RunConfig(Section):
         if self.scale.max_staleness > 0 and not algo.corrects_staleness:
             raise ValueError(f"scale.max_staleness = {self.scale.max_staleness}: algorithm {self.algo.name!r} has no "
                              "correction for episodes sampled by an older policy; use max_staleness = 0")
+        n = self.scale.learner_workers
+        if n > 1 and algo.make_critic is not None:
+            raise ValueError(f"scale.learner_workers = {n}: algorithm {self.algo.name!r} trains a critic, which the "
+                             "FSDP learner does not shard or synchronise; use learner_workers = 1")
+        if n > 1 and self.model.finetune == "lora":
+            raise ValueError(f"scale.learner_workers = {n}: the FSDP learner trains full weights only "
+                             "(model.finetune = 'lora' is one-process code); use learner_workers = 1")
+        if n > 1 and self.model.dtype != "fp32":
+            raise ValueError(f"scale.learner_workers = {n}: the FSDP learner trains in fp32 only (model.dtype = "
+                             f"{self.model.dtype!r}); use learner_workers = 1 or dtype = 'fp32'")
         if "pairs" in algo.needs and self.rollout.group_size % 2:
             raise ValueError(f"rollout.group_size = {self.rollout.group_size} is odd: algorithm {self.algo.name!r} "
                              "trains pairs of episodes of a group, so the group size must be even")

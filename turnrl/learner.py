@@ -69,9 +69,29 @@ class MasterWeights:
         self.round_into_model()
 
 
+class Solo:
+    """The learner's peers when it runs alone: nothing to coordinate. The FSDP group
+    (:class:`turnrl.scale.fsdp.FSDPPeers`) puts the same hooks over ``world`` processes."""
+
+    rank, world = 0, 1
+
+    def wrap(self, model):  # FSDP: shard the model (after the reference copy is taken)
+        return model
+
+    def gather(self) -> None:  # FSDP: all-gather the weights before forward passes
+        pass
+
+    def sync_grads(self) -> None:  # FSDP: sum every rank's gradients into each rank's shard
+        pass
+
+    def reduce(self, sums: dict[str, float]) -> dict[str, float]:  # FSDP: sums (max for *_max) over ranks
+        return sums
+
+
 class Learner:
-    def __init__(self, cfg: RunConfig, model, chat: ChatFormat):
+    def __init__(self, cfg: RunConfig, model, chat: ChatFormat, peers=None):
         self.cfg, self.model, self.chat = cfg, model, chat
+        self.peers = peers if peers is not None else Solo()
         self.master = None
         if cfg.model.dtype == "bf16":
             if bf16_supported():
@@ -86,7 +106,8 @@ class Learner:
         self.ref = None
         if self.algo.needs_ref(cfg.algo) and cfg.model.finetune == "full":
             self.ref = copy.deepcopy(model).eval().requires_grad_(False)
-        # the optimizer steps the fp32 masters in bf16, the parameters themselves in fp32
+        model = self.model = self.peers.wrap(model)
+        # the optimizer steps the fp32 masters in bf16, the (possibly sharded) parameters otherwise
         self._opt_params = self.master.masters if self.master else [p for p in model.parameters() if p.requires_grad]
         self.opt = torch.optim.AdamW(self._opt_params, lr=cfg.train.lr, betas=cfg.train.betas, weight_decay=cfg.train.weight_decay,
                                      fused=True)  # one kernel for all parameters (CPU and CUDA)
@@ -112,6 +133,9 @@ class Learner:
         if self.master is not None:
             self.master.load_state_dict(state["master"])
 
+    def close(self) -> None:  # the FSDP group stops its processes here
+        pass
+
     # -- the update --------------------------------------------------------------------------
     def update(self, eps: list[Episode]) -> dict[str, float]:
         """Masks -> advantages -> ``ppo_epochs`` x ``minibatches`` optimizer steps (or one per
@@ -127,6 +151,7 @@ class Learner:
             return stats
         stats["update_skipped"] = 0.0
         self._audited = False
+        self.peers.gather()
         aux = Aux(n_sampled=len(eps))
         if "belief" in algo.needs:
             aux.beliefs = gold_beliefs(self.model, eps, self.chat, self.cfg.train.logprob_chunk)
@@ -192,7 +217,8 @@ class Learner:
             by_group.setdefault(eps[i].group_id, []).append(i)
         glist = list(by_group.values())
         mg = self.cfg.train.micro_groups
-        for g in range(0, len(glist), mg):
+        self.peers.gather()
+        for g in range(self.peers.rank * mg, len(glist), self.peers.world * mg):  # FSDP: this rank's share
             micro = [i for grp in glist[g:g + mg] for i in grp]
             loss, part = self._micro_loss(eps, micro, adv, keep, aux, agg, norm)
             loss.backward()
@@ -200,7 +226,10 @@ class Learner:
                 self.master.accumulate()
             for k, v in part.items():
                 sums[k] = max(sums[k], v) if k == "audit_max" else sums[k] + v
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(self._opt_params, self.cfg.train.max_grad_norm))
+        self.peers.sync_grads()
+        sums = defaultdict(float, self.peers.reduce(sums))
+        grad_norm = torch.nn.utils.clip_grad_norm_(self._opt_params, self.cfg.train.max_grad_norm)
+        grad_norm = float(grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm)  # FSDP: a DTensor
         if not (math.isfinite(sums["loss"]) and math.isfinite(grad_norm)):
             self.opt.zero_grad(set_to_none=True)  # NaN/inf guard: skip the update, keep the run
             sums["nan_skipped"] += 1
@@ -265,6 +294,7 @@ class Learner:
         a list over all episodes (None where not computed)."""
         out: list = [None] * len(eps)
         feats: list = [None] * len(eps)
+        self.peers.gather()
         self.model.eval()
         by_group: dict[int, list[int]] = {}
         for i in idx:

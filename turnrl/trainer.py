@@ -52,6 +52,10 @@ class Trainer:
         check_recipes(cfg, self.max_turns)
         self.algo = get_algorithm(cfg.algo.name)
         check_needs(self.algo, self.make_env, cfg.env.name)  # before minutes go into loading a model
+        if cfg.scale.learner_workers > 1:  # Ray missing or unreachable: said before the model loads
+            from turnrl.scale.ray_cluster import connect
+
+            connect(cfg, f"scale.learner_workers = {cfg.scale.learner_workers}")
         for setting in ("rise_groups", "turn_penalty"):
             if getattr(cfg.rollout, setting):
                 self._probe_correct(f"rollout.{setting}")
@@ -59,7 +63,12 @@ class Trainer:
             model, tokenizer = build_policy(cfg)
         self.model, self.tok = model, tokenizer
         self.engine, self.chat = build_engine(model, tokenizer)
-        self.learner = Learner(cfg, model, self.chat)
+        if cfg.scale.learner_workers > 1:  # the update on an FSDP group; it copies its weights into self.model
+            from turnrl.scale.fsdp import FSDPLearnerGroup
+
+            self.learner = FSDPLearnerGroup(cfg, model, self.chat)
+        else:
+            self.learner = Learner(cfg, model, self.chat)
         self.sampler = self._make_sampler()
         self._pool: ThreadPoolExecutor | None = None  # asynchronous rollouts (scale.max_staleness > 0)
         self._ahead: dict[int, Future] = {}  # step -> its episodes, sampled ahead of the update
@@ -169,7 +178,8 @@ class Trainer:
 
     # -- update --------------------------------------------------------------------------
     def update(self, eps: list[Episode]) -> dict[str, float]:
-        """The learner's update on ``eps``; then the sampler gets the new weights."""
+        """The learner's update on ``eps`` (afterwards ``self.model`` holds the new weights, also
+        when an FSDP group trained them); then the sampler gets them."""
         stats = self.learner.update(eps)
         if not stats.get("update_skipped"):
             self.engine.load_weights(self.model)
@@ -264,6 +274,7 @@ class Trainer:
         finally:
             log.close()
             self._stop_rollouts()
+            self.learner.close()
         summary["report"] = self.write_report()
         (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
         return summary
