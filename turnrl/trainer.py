@@ -77,7 +77,7 @@ class Trainer:
         if sc.rollout_workers:
             from turnrl.scale.ray_rollout import RayRolloutPool
 
-            return RayRolloutPool(self.cfg, envs, self.model)
+            return RayRolloutPool(self.cfg, envs, self.model, self.tok)
         if sc.max_staleness == 0:
             return LocalSampler(self.cfg, self.engine, self.chat, envs)
         engine, _ = build_engine(copy.deepcopy(self.model), self.tok)
@@ -242,9 +242,12 @@ class Trainer:
                 self.step += 1
                 dt = time.time() - t0
                 tokens = sum(e.num_tokens for e in eps)
-                row = {**episode_metrics([e for e in eps if e.group_id >= 0], self.max_turns), **stats,
+                scored = [e for e in eps if e.group_id >= 0 and not e.info.get("failed")]  # env errors: counted apart
+                row = {**episode_metrics(scored, self.max_turns), **stats,
                        "staleness_mean": sum(stale) / max(1, len(stale)), "staleness_max": float(max(stale, default=0)),
                        "rollout_seconds": t_roll, "step_seconds": dt, "tokens_per_second": tokens / dt}
+                if hasattr(self.sampler, "workers_restarted"):  # Ray rollout workers replaced so far (all steps)
+                    row["workers_restarted"] = float(self.sampler.workers_restarted)
                 log.log("train", self.step, row)
                 progress.advance(row)
                 if cfg.train.checkpoint_every and self.step % cfg.train.checkpoint_every == 0:
