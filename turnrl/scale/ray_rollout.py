@@ -65,7 +65,7 @@ def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 
 class RolloutWorker:
-    """One rollout worker (run as a Ray actor; a plain object in a unit test)."""
+    """One rollout worker, run as a Ray actor (``ray.remote(RolloutWorker)``)."""
 
     def __init__(self, cfg: RunConfig, model, tok, max_turns: int):
         from turnrl.scale.sampler import TrainEnvs
@@ -90,8 +90,7 @@ class RolloutWorker:
             return
         import ray
 
-        state = weights[0] if isinstance(weights[0], dict) else ray.get(weights[0])
-        missing, unexpected = self.model.load_state_dict(state, strict=False)
+        _, unexpected = self.model.load_state_dict(ray.get(weights[0]), strict=False)
         if unexpected:
             raise RuntimeError(f"published weights do not fit the worker's model: {unexpected[:3]} ...")
         self.engine.load_weights(self.model)  # drops caches built with the old weights
