@@ -131,7 +131,8 @@ class Trainer:
         starts, seen = [], set()
         for ep in eps:
             t0 = ep.turns[0]
-            if not t0.info.get("correct") and t0.info.get("valid") and len(ep.turns) > 1 and ep.group_id not in seen:
+            if (not t0.info.get("correct") and t0.info.get("valid") and len(ep.turns) > 1 and ep.group_id not in seen
+                    and not ep.info.get("failed")):
                 seen.add(ep.group_id)
                 starts.append((ep.group_id, [t0.text]))
             if len(starts) == r.rise_groups:
@@ -146,7 +147,8 @@ class Trainer:
         the prefix up to turn h and diverge after it. Group ids follow RISE's."""
         r = self.cfg.rollout
         rng = random.Random(self.cfg.train.seed * 100_003 + step)
-        starts = [(ep.seed, [t.text for t in ep.turns[:h]]) for ep, h in branch_points(eps, r.branch_groups, rng)]
+        ok = [e for e in eps if not e.info.get("failed")]  # a failed env's episode starts no branch
+        starts = [(ep.seed, [t.text for t in ep.turns[:h]]) for ep, h in branch_points(ok, r.branch_groups, rng)]
         return self._collect_from_prefixes(step, starts, first_gid=-(1 + r.rise_groups), seed_offset=70_000)
 
     def _collect_from_prefixes(self, step: int, starts: list[tuple[int, list[str]]], first_gid: int,
