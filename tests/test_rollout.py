@@ -327,3 +327,47 @@ def test_history_rewriting_template_contexts_are_what_the_template_renders(tiny_
         assert "seven is a guess" not in tok.decode(ep.contexts()[1]) and "7<|im_end|>" in tok.decode(ep.contexts()[1])
         assert ep.turns[0].action_ids == tok.encode(reply, add_special_tokens=False) + [chat.end_of_turn_id]
     _check_scored_as_sampled(tiny_model, eng, eps)
+
+
+# -- env errors -----------------------------------------------------------------------------
+
+class _Breaks(Env):
+    """Two turns; seed 0 raises in reset, seed 1 in its second step, others never."""
+
+    max_turns = 2
+
+    def __init__(self, parallel=False):
+        self.parallel_steps = parallel
+
+    def reset(self, seed):
+        if seed == 0:
+            raise ValueError("no instance 0")
+        self.seed, self.t = seed, 0
+        return [Message("user", f"Say something about {seed}.")]
+
+    def step(self, action):
+        self.t += 1
+        if self.seed == 1 and self.t == 2:
+            raise KeyError("lost state")
+        return Step([Message("user", "More.")], 0.5, False, self.t >= 2)
+
+
+def test_an_env_error_stops_the_rollout_or_fails_only_its_episode(tiny_model, tokenizer, chat):
+    import pytest
+
+    from turnrl.envs import EnvStepError
+
+    eng = HFEngine(tiny_model, chat.stop_ids, tokenizer.pad_token_id)
+    seeds = [0, 1, 2, 2]
+    for context, parallel in (("full", False), ("full", True), ("window", False)):
+        cfg = RolloutConfig(SamplingParams(temperature=1.0, max_new_tokens=4, seed=3), context=context)
+        with pytest.raises(EnvStepError, match=r"_Breaks: reset\(seed=0\) raised ValueError"):
+            collect([_Breaks(parallel) for _ in seeds], seeds, seeds, eng, chat, cfg)  # the default: "raise"
+        eps = collect([_Breaks(parallel) for _ in seeds], seeds, seeds, eng, chat, cfg, on_env_error="fail")
+        assert [bool(e.info.get("failed")) for e in eps] == [True, True, False, False]
+        assert "reset(seed=0) raised ValueError" in eps[0].info["failed"] and not eps[0].turns
+        assert "seed 1, turn 2 raised KeyError" in eps[1].info["failed"] and len(eps[1].turns) == 1
+        assert all(e.truncated_by == "env_error" for e in eps[:2])
+        assert [len(e.turns) for e in eps[2:]] == [2, 2] and all(e.terminated or e.truncated for e in eps[2:])
+        alone = collect([_Breaks(parallel)], [2], [2], eng, chat, cfg)  # the others sample as if alone
+        assert [t.action_ids for t in alone[0].turns] == [t.action_ids for t in eps[2].turns]

@@ -62,3 +62,33 @@ class NoVerdictEnv(Env):
 
     def step(self, action: str) -> Step:
         return Step([], len(action) / 100, True, False)
+
+
+class FlakyEnv(LengthEnv):
+    """LengthEnv that fails on purpose (Ray rollout tests): ``step`` raises on seed
+    ``raise_on_seed``; on seed ``exit_on_seed`` it ends its whole process (``os._exit``),
+    once: the first time it creates ``exit_marker`` and a later process finds it there."""
+
+    def __init__(self, max_turns: int = 2, split: str = "train", raise_on_seed: int = -1, exit_on_seed: int = -1,
+                 exit_marker: str = ""):
+        super().__init__(max_turns, split)
+        self.raise_on_seed, self.exit_on_seed, self.exit_marker = raise_on_seed, exit_on_seed, exit_marker
+
+    def reset(self, seed: int):
+        self.seed = seed
+        return super().reset(seed)
+
+    def step(self, action: str) -> Step:
+        if self.seed == self.raise_on_seed:
+            raise RuntimeError(f"flaky env: seed {self.seed}")
+        if self.seed == self.exit_on_seed and self.exit_marker:
+            import os
+
+            try:
+                with open(self.exit_marker, "x"):
+                    pass
+            except FileExistsError:
+                pass
+            else:
+                os._exit(1)  # a real death of the process, mid-step
+        return super().step(action)

@@ -140,10 +140,15 @@ class Learner:
     def update(self, eps: list[Episode]) -> dict[str, float]:
         """Masks -> advantages -> ``ppo_epochs`` x ``minibatches`` optimizer steps (or one per
         phase). Advantages use every episode (a masked trajectory's reward still counts in
-        its group); only kept turns are trained."""
+        its group); only kept turns are trained. Episodes whose env failed
+        (``info["failed"]``, see ``rollout.fail_episode``) are left out entirely: an env
+        error is no outcome of the policy, so they enter no group's statistics either."""
         acfg, algo = self.cfg.algo, self.algo
+        n_failed = sum(1 for e in eps if e.info.get("failed"))
+        if n_failed:
+            eps = [e for e in eps if not e.info.get("failed")]
         keep, stats = apply_masks(eps, acfg, acfg.masks)
-        stats = dict(stats)
+        stats = {**stats, "episodes_failed": float(n_failed)}
         train = [i for i, e in enumerate(eps) if e.num_action_tokens > 0 and any(keep[i])]
         stats.update({"episodes_masked": float(len(eps) - len(train)), "episodes_trained": float(len(train))})
         if not train:

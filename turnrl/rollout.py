@@ -10,11 +10,12 @@ from dataclasses import dataclass, replace
 from turnrl.chat import ChatFormat
 from turnrl.config import ConfigError
 from turnrl.engine.base import Engine, GenRequest, SamplingParams, mix_seed
-from turnrl.envs.base import Env, env_call
+from turnrl.envs.base import Env, EnvStepError, env_call
 from turnrl.types import ActionText, Episode, Message, Step, Turn
 
 
 CONTEXTS = ("full", "markovian", "window")
+ON_ENV_ERROR = ("raise", "fail")
 
 
 @dataclass(frozen=True)
@@ -144,16 +145,41 @@ def member_index(seeds: list[int], group_ids: list[int]) -> list[int]:
     return out
 
 
-def step_envs(envs: list[Env], actions: list[str], seeds: list[int] | None = None, turn: int = 0) -> list[Step]:
+def step_envs(envs: list[Env], actions: list[str], seeds: list[int] | None = None, turn: int = 0,
+              on_error: str = "raise") -> list[Step | EnvStepError]:
     """``env.step`` for each pair; concurrently (threads) when the envs do slow outside
     work (``Env.parallel_steps``: code execution, servers), in order otherwise. An env
-    that raises stops the run with an error naming its class, seed and (1-based) turn."""
+    that raises stops the run with an error naming its class, seed and (1-based) turn;
+    with ``on_error="fail"`` that error is returned in the step's place instead."""
     seeds = seeds if seeds is not None else [-1] * len(envs)
-    calls = [lambda e=e, a=a, s=s: env_call(e, s, turn + 1, a) for e, a, s in zip(envs, actions, seeds)]
+
+    def call(e: Env, a: str, s: int) -> Step | EnvStepError:
+        try:
+            return env_call(e, s, turn + 1, a)
+        except EnvStepError as err:
+            if on_error == "raise":
+                raise
+            return err
+
+    calls = [lambda e=e, a=a, s=s: call(e, a, s) for e, a, s in zip(envs, actions, seeds)]
     if len(envs) > 1 and any(e.parallel_steps for e in envs):
         with ThreadPoolExecutor(min(len(envs), 32)) as pool:
             return list(pool.map(lambda call: call(), calls))
     return [call() for call in calls]
+
+
+def fail_episode(ep: Episode, err: Exception) -> None:
+    """Mark an episode whose env raised (``on_env_error="fail"``): ``info["failed"]`` holds
+    the error, ``truncated_by`` is ``"env_error"``; the turn the env could not answer is
+    not recorded. The learner leaves failed episodes out of the update (and of their
+    group's statistics) and the step's metrics count them (``episodes_failed``)."""
+    ep.info["failed"] = str(err)
+    ep.truncated, ep.truncated_by = True, "env_error"
+
+
+def _check_on_env_error(on_env_error: str) -> None:
+    if on_env_error not in ON_ENV_ERROR:
+        raise ValueError(f"on_env_error={on_env_error!r} must be one of {', '.join(ON_ENV_ERROR)}")
 
 
 def _sample(envs, live: list[int], contexts: list[list[int]], sp: SamplingParams, cfg: RolloutConfig,
@@ -180,36 +206,50 @@ def collect(
     chat: ChatFormat,
     cfg: RolloutConfig,
     prefixes: list[list[str]] | None = None,
+    on_env_error: str = "raise",
 ) -> list[Episode]:
     """Run one episode per env. ``prefixes[i]`` (optional) are earlier replies replayed
     into env ``i`` before sampling starts (kept as context, never trained).
 
+    An env that raises (in ``reset`` or ``step``) stops the rollout with an
+    :class:`EnvStepError` (``on_env_error="raise"``, the default); with ``"fail"`` only
+    its episode ends, marked failed (``fail_episode``), and the others go on (the Ray
+    rollout workers collect this way: one bad env instance does not stop a run).
+
     ``full`` context with an append-only template stitches one growing token sequence
     per episode (the engine's cross-turn KV cache extends it); every other case rebuilds
     each turn's context (``turn_context``) and records it on the turn (``context_ids``)."""
+    _check_on_env_error(on_env_error)
     if cfg.context != "full" or not chat.append_only:
-        return _collect_rebuilt(envs, seeds, group_ids, engine, chat, cfg, prefixes)
+        return _collect_rebuilt(envs, seeds, group_ids, engine, chat, cfg, prefixes, on_env_error)
     episodes, contexts, pending, live = [], [], [], []
     for i, (env, seed, gid) in enumerate(zip(envs, seeds, group_ids)):
-        opening = env_call(env, seed, None)
-        ep = Episode(turns=[], group_id=gid, seed=seed, messages=list(opening),
-                     gold_answer=getattr(env, "gold_answer", lambda: None)())
-        obs = chat.prompt_ids(opening)
-        ctx = list(obs)
-        for text in (prefixes[i] if prefixes else []):
-            action = chat.replay_ids(text)  # ends with the template's own end-of-turn token
-            step = env_call(env, seed, len(ep.turns) + 1, text)
-            ep.turns.append(Turn(obs, action, [0.0] * len(action), text, step.reward, frozen=True, info=step.record(),
-                                 feedback=list(step.messages)))
-            ep.messages += [Message("assistant", text), *step.messages]
-            ctx += action
-            if step.terminated or step.truncated or len(ep.turns) >= env.max_turns:
-                raise ValueError(f"prefix of env {i} ends the episode; it cannot start a group")
-            obs = chat.continuation_ids(step.messages, True, action[-1])
-            ctx += obs
+        ep = Episode(turns=[], group_id=gid, seed=seed)
         episodes.append(ep)
-        contexts.append(ctx)
-        pending.append(obs)
+        contexts.append([])
+        pending.append([])
+        try:
+            opening = env_call(env, seed, None)
+            ep.messages, ep.gold_answer = list(opening), getattr(env, "gold_answer", lambda: None)()
+            obs = chat.prompt_ids(opening)
+            ctx = list(obs)
+            for text in (prefixes[i] if prefixes else []):
+                action = chat.replay_ids(text)  # ends with the template's own end-of-turn token
+                step = env_call(env, seed, len(ep.turns) + 1, text)
+                ep.turns.append(Turn(obs, action, [0.0] * len(action), text, step.reward, frozen=True,
+                                     info=step.record(), feedback=list(step.messages)))
+                ep.messages += [Message("assistant", text), *step.messages]
+                ctx += action
+                if step.terminated or step.truncated or len(ep.turns) >= env.max_turns:
+                    raise ValueError(f"prefix of env {i} ends the episode; it cannot start a group")
+                obs = chat.continuation_ids(step.messages, True, action[-1])
+                ctx += obs
+        except EnvStepError as err:
+            if on_env_error == "raise":
+                raise
+            fail_episode(ep, err)
+            continue
+        contexts[i], pending[i] = ctx, obs
         live.append(i)
 
     member = member_index(seeds, group_ids)
@@ -219,9 +259,13 @@ def collect(
         temp = sp.temperature
         states, results, texts, latency = _sample(envs, live, contexts, sp, cfg, seeds, member, engine, chat)
         still = []
-        steps = step_envs([envs[i] for i in live], texts, [seeds[i] for i in live], turn)  # model output never crashes a run: envs parse defensively
+        steps = step_envs([envs[i] for i in live], texts, [seeds[i] for i in live], turn,  # model output never crashes
+                          on_env_error)  # a run: envs parse defensively
         for i, res, text, step, state in zip(live, results, texts, steps, states):
             ep = episodes[i]
+            if isinstance(step, EnvStepError):
+                fail_episode(ep, step)
+                continue
             contexts[i] += res.token_ids
             if add_turn(ep, Turn(
                 obs_ids=pending[i], action_ids=res.token_ids, action_logprobs=res.logprobs, text=str(text),
@@ -245,7 +289,8 @@ def collect(
     return episodes
 
 
-def _collect_rebuilt(envs, seeds, group_ids, engine, chat: ChatFormat, cfg: RolloutConfig, prefixes) -> list[Episode]:
+def _collect_rebuilt(envs, seeds, group_ids, engine, chat: ChatFormat, cfg: RolloutConfig, prefixes,
+                     on_env_error: str = "raise") -> list[Episode]:
     """``collect`` for contexts rebuilt every turn (see ``turn_context``). Markovian: the
     env sees each reply without its state block; a reply with no complete state block is
     a void turn (``info["state_missing"]``) and the previous state is kept."""
@@ -262,29 +307,37 @@ def _collect_rebuilt(envs, seeds, group_ids, engine, chat: ChatFormat, cfg: Roll
         return rest, found is None
 
     for i, (env, seed, gid) in enumerate(zip(envs, seeds, group_ids)):
-        opening = list(env_call(env, seed, None))
-        if markov and opening:
-            last = opening[-1]
-            opening[-1] = Message(last.role, last.content + state_instruction(cfg.state_tag))
-        ep = Episode(turns=[], group_id=gid, seed=seed, messages=list(opening),
-                     gold_answer=getattr(env, "gold_answer", lambda: None)())
+        ep = Episode(turns=[], group_id=gid, seed=seed)
         episodes.append(ep)
-        openings.append(opening)
+        openings.append([])
         pasts.append([])
         states.append(None)
-        for text in (prefixes[i] if prefixes else []):
-            ctx = turn_context(cfg, chat, opening, pasts[i], states[i])
-            action = chat.replay_ids(text)
-            env_text, missing = reply_state(i, text)
-            step = env_call(env, seed, len(ep.turns) + 1, env_text)
-            info = {**step.record(), **({"state_missing": missing} if markov else {})}
-            ep.turns.append(Turn(ctx, action, [0.0] * len(action), text, step.reward, void=missing, frozen=True,
-                                 info=info, feedback=list(step.messages), context_ids=ctx))
-            ep.messages += [Message("assistant", text), *step.messages]
-            pasts[i].append(_Past(text, action, True, list(step.messages)))
-            if step.terminated or step.truncated or len(ep.turns) >= env.max_turns:
-                raise ValueError(f"prefix of env {i} ends the episode; it cannot start a group")
-        pending.append(turn_context(cfg, chat, opening, pasts[i], states[i]))
+        pending.append([])
+        try:
+            opening = list(env_call(env, seed, None))
+            if markov and opening:
+                last = opening[-1]
+                opening[-1] = Message(last.role, last.content + state_instruction(cfg.state_tag))
+            ep.messages, ep.gold_answer = list(opening), getattr(env, "gold_answer", lambda: None)()
+            openings[i] = opening
+            for text in (prefixes[i] if prefixes else []):
+                ctx = turn_context(cfg, chat, opening, pasts[i], states[i])
+                action = chat.replay_ids(text)
+                env_text, missing = reply_state(i, text)
+                step = env_call(env, seed, len(ep.turns) + 1, env_text)
+                info = {**step.record(), **({"state_missing": missing} if markov else {})}
+                ep.turns.append(Turn(ctx, action, [0.0] * len(action), text, step.reward, void=missing, frozen=True,
+                                     info=info, feedback=list(step.messages), context_ids=ctx))
+                ep.messages += [Message("assistant", text), *step.messages]
+                pasts[i].append(_Past(text, action, True, list(step.messages)))
+                if step.terminated or step.truncated or len(ep.turns) >= env.max_turns:
+                    raise ValueError(f"prefix of env {i} ends the episode; it cannot start a group")
+        except EnvStepError as err:
+            if on_env_error == "raise":
+                raise
+            fail_episode(ep, err)
+            continue
+        pending[i] = turn_context(cfg, chat, opening, pasts[i], states[i])
         live.append(i)
 
     member = member_index(seeds, group_ids)
@@ -295,10 +348,13 @@ def _collect_rebuilt(envs, seeds, group_ids, engine, chat: ChatFormat, cfg: Roll
         env_states, results, texts, latency = _sample(envs, live, pending, sp, cfg, seeds, member, engine, chat)
         seen = [reply_state(i, t) for i, t in zip(live, texts)]
         env_texts = [ActionText(shown, cut_off=t.cut_off) for (shown, _), t in zip(seen, texts)]
-        steps = step_envs([envs[i] for i in live], env_texts, [seeds[i] for i in live], turn)
+        steps = step_envs([envs[i] for i in live], env_texts, [seeds[i] for i in live], turn, on_env_error)
         still = []
         for i, res, text, (_, missing), step, state in zip(live, results, texts, seen, steps, env_states):
             ep, ctx = episodes[i], pending[i]
+            if isinstance(step, EnvStepError):
+                fail_episode(ep, step)
+                continue
             info = {**step.record(), **({"state_missing": missing} if markov else {})}
             if add_turn(ep, Turn(
                 obs_ids=ctx, action_ids=res.token_ids, action_logprobs=res.logprobs, text=str(text),

@@ -52,10 +52,12 @@ class Trainer:
         check_recipes(cfg, self.max_turns)
         self.algo = get_algorithm(cfg.algo.name)
         check_needs(self.algo, self.make_env, cfg.env.name)  # before minutes go into loading a model
-        if cfg.scale.learner_workers > 1:  # Ray missing or unreachable: said before the model loads
-            from turnrl.scale.ray_cluster import connect
+        if cfg.scale.learner_workers > 1 or cfg.scale.rollout_workers:  # said before the model loads
+            from turnrl.scale.ray_cluster import import_ray, probe
 
-            connect(cfg, f"scale.learner_workers = {cfg.scale.learner_workers}")
+            import_ray("scale.rollout_workers > 0 or scale.learner_workers > 1")
+            if cfg.scale.ray_address:
+                probe(cfg.scale.ray_address)
         for setting in ("rise_groups", "turn_penalty"):
             if getattr(cfg.rollout, setting):
                 self._probe_correct(f"rollout.{setting}")
@@ -88,7 +90,7 @@ class Trainer:
         if sc.rollout_workers:
             from turnrl.scale.ray_rollout import RayRolloutPool
 
-            return RayRolloutPool(self.cfg, envs, self.model)
+            return RayRolloutPool(self.cfg, envs, self.model, self.tok)
         if sc.max_staleness == 0:
             return LocalSampler(self.cfg, self.engine, self.chat, envs)
         engine, _ = build_engine(copy.deepcopy(self.model), self.tok)
@@ -143,7 +145,8 @@ class Trainer:
         starts, seen = [], set()
         for ep in eps:
             t0 = ep.turns[0]
-            if not t0.info.get("correct") and t0.info.get("valid") and len(ep.turns) > 1 and ep.group_id not in seen:
+            if (not t0.info.get("correct") and t0.info.get("valid") and len(ep.turns) > 1 and ep.group_id not in seen
+                    and not ep.info.get("failed")):
                 seen.add(ep.group_id)
                 starts.append((ep.group_id, [t0.text]))
             if len(starts) == r.rise_groups:
@@ -158,7 +161,8 @@ class Trainer:
         the prefix up to turn h and diverge after it. Group ids follow RISE's."""
         r = self.cfg.rollout
         rng = random.Random(self.cfg.train.seed * 100_003 + step)
-        starts = [(ep.seed, [t.text for t in ep.turns[:h]]) for ep, h in branch_points(eps, r.branch_groups, rng)]
+        ok = [e for e in eps if not e.info.get("failed")]  # a failed env's episode starts no branch
+        starts = [(ep.seed, [t.text for t in ep.turns[:h]]) for ep, h in branch_points(ok, r.branch_groups, rng)]
         return self._collect_from_prefixes(step, starts, first_gid=-(1 + r.rise_groups), seed_offset=70_000,
                                            version=version)
 
@@ -256,9 +260,12 @@ class Trainer:
                 self.step += 1
                 dt = time.time() - t0
                 tokens = sum(e.num_tokens for e in eps)
-                row = {**episode_metrics([e for e in eps if e.group_id >= 0], self.max_turns), **stats,
+                scored = [e for e in eps if e.group_id >= 0 and not e.info.get("failed")]  # env errors: counted apart
+                row = {**episode_metrics(scored, self.max_turns), **stats,
                        "staleness_mean": sum(stale) / max(1, len(stale)), "staleness_max": float(max(stale, default=0)),
                        "rollout_seconds": t_roll, "step_seconds": dt, "tokens_per_second": tokens / dt}
+                if hasattr(self.sampler, "workers_restarted"):  # Ray rollout workers replaced so far (all steps)
+                    row["workers_restarted"] = float(self.sampler.workers_restarted)
                 log.log("train", self.step, row)
                 progress.advance(row)
                 if cfg.train.checkpoint_every and self.step % cfg.train.checkpoint_every == 0:

@@ -19,7 +19,10 @@ def ray_cluster():
     ray = pytest.importorskip("ray")
     started = not ray.is_initialized()
     if started:
-        ray.init(num_cpus=2, include_dashboard=False, configure_logging=False)
+        from turnrl.scale.ray_cluster import _environ, worker_path
+
+        with _environ(PYTHONPATH=worker_path()):  # the ranks import this checkout, as a local cluster of the trainer's does
+            ray.init(num_cpus=2, include_dashboard=False, configure_logging=False)
     yield ray
     if started:
         ray.shutdown()
@@ -92,7 +95,7 @@ def test_what_fsdp_does_not_run_is_a_config_error(tmp_path, extra):
 def test_an_unreachable_ray_address_is_one_line():
     from turnrl.scale.ray_cluster import ClusterError, probe
 
-    with pytest.raises(ClusterError, match=r"cannot reach 127\.0\.0\.1:1 "):
+    with pytest.raises(ClusterError, match=r"no Ray cluster answers at 127\.0\.0\.1:1 "):
         probe("127.0.0.1:1", timeout=2)
     with pytest.raises(ClusterError, match="expected"):
         probe("nonsense", timeout=2)

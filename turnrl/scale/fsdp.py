@@ -210,13 +210,13 @@ class FSDPLearnerGroup:
 
     def __init__(self, cfg: RunConfig, model, chat: ChatFormat):
         from turnrl.algos import get_algorithm
-        from turnrl.scale.ray_cluster import ClusterError, connect, worker_env
+        from turnrl.scale.ray_cluster import ClusterError, connect
 
         self.cfg, self.model, self.chat = cfg, model, chat
         self.algo = get_algorithm(cfg.algo.name)
         self.critic = None  # critics are refused by the config (RunConfig._check)
         world = cfg.scale.learner_workers
-        ray = connect(cfg, f"scale.learner_workers = {world}")
+        ray, self._owns_ray = connect(cfg, f"scale.learner_workers = {world}")
         from ray.exceptions import GetTimeoutError
         from ray.util.placement_group import placement_group, remove_placement_group
         from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
@@ -231,7 +231,7 @@ class FSDPLearnerGroup:
             raise ClusterError(f"scale.learner_workers = {world}: the Ray cluster cannot place {world} x {bundle} "
                                f"within {PLACEMENT_TIMEOUT_S} s (it has {ray.available_resources()})") from None
         actor = ray.remote(_Rank)
-        self.ranks = [actor.options(num_cpus=1, num_gpus=gpus, runtime_env=worker_env(),
+        self.ranks = [actor.options(num_cpus=1, num_gpus=gpus,
                                     scheduling_strategy=PlacementGroupSchedulingStrategy(self._pg, placement_group_bundle_index=r)
                                     ).remote(r, world, cfg.train.threads) for r in range(world)]
         self._ray = ray
@@ -273,6 +273,9 @@ class FSDPLearnerGroup:
                 self._ray.kill(a)
             remove_placement_group(self._pg)
             self.ranks = []
+            if self._owns_ray:  # a local cluster started for this run
+                self._ray.shutdown()
+                self._owns_ray = False
 
 
 PLACEMENT_TIMEOUT_S = 120
