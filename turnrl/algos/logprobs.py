@@ -12,6 +12,7 @@ import torch
 from torch.utils.checkpoint import checkpoint
 from transformers import DynamicCache
 
+from turnrl.models import cache_kwargs
 from turnrl.types import Episode
 
 
@@ -125,9 +126,9 @@ def group_logprobs(
     cache = None
     if p > 0:
         cache = DynamicCache()
-        body(inputs_embeds=_embed(model, torch.tensor([seqs[0][:p]])), use_cache=True, cache=cache)  # (1, P)
+        body(inputs_embeds=_embed(model, torch.tensor([seqs[0][:p]])), use_cache=True, **cache_kwargs(body, cache))  # (1, P)
         cache.batch_repeat_interleave(B)
-    hidden = body(inputs_embeds=_embed(model, ids), attention_mask=attn, position_ids=pos, cache=cache,
+    hidden = body(inputs_embeds=_embed(model, ids), attention_mask=attn, position_ids=pos, **cache_kwargs(body, cache),
                   use_cache=cache is not None).last_hidden_state  # (B, W, C)
     # Position j of the per-episode part predicts token p + j + 1.
     rows, cols, tgts, taus = [], [], [], []
