@@ -158,6 +158,18 @@ def load_for_inference(name: str):
     return load_model(name), load_tokenizer(name)
 
 
-def build_engine(model, tok) -> tuple[HFEngine, ChatFormat]:
+def build_engine(model, tok, engine: str = "hf", vllm_kwargs: dict | None = None):
+    """(sampler, chat format) for ``model``: the built-in :class:`HFEngine`, or with
+    ``engine="vllm"`` a :class:`~turnrl.engine.vllm.VLLMEngine` built from the model's
+    directory and then given ``model``'s current weights (so a fine-tuned, resumed or
+    LoRA-merged model samples as itself)."""
     chat = ChatFormat(tok)
-    return HFEngine(model, chat.stop_ids, tok.pad_token_id), chat
+    if engine == "hf":
+        if vllm_kwargs:
+            raise ConfigError("vllm_kwargs would be ignored: the engine is 'hf'")
+        return HFEngine(model, chat.stop_ids, tok.pad_token_id), chat
+    if engine != "vllm":
+        raise ConfigError(f"engine {engine!r}: expected 'hf' or 'vllm'")
+    from turnrl.engine.vllm import VLLMEngine
+
+    return VLLMEngine.from_model(model, tok, chat.stop_ids, **(vllm_kwargs or {})), chat
