@@ -255,6 +255,11 @@ class ScaleConfig(Section):
     @model_validator(mode="after")
     def _check(self):
         self._forbid_unless(self.engine == "vllm", ["vllm_kwargs"], "scale.engine is not 'vllm'")
+        if self.engine == "vllm":  # before any model loads: one line on how to get it
+            from turnrl.engine.vllm import vllm_missing
+
+            if vllm_missing():
+                raise ValueError(vllm_missing())
         self._forbid_unless(self.rollout_workers > 0 or self.learner_workers > 1, ["ray_address"],
                             "no Ray workers are asked for (rollout_workers = 0, learner_workers = 1)")
         self._forbid_unless(self.max_staleness > 0, ["is_cap"], "scale.max_staleness is 0 (synchronous: the "

@@ -154,15 +154,19 @@ def create_app(engine, chat, model_name: str, max_context: int, max_batch: int =
 
 
 def serve(model: str, host: str = "127.0.0.1", port: int = 8000, name: str | None = None,
-          max_context: int = 2048, max_batch: int = 32, threads: int = 0) -> None:
+          max_context: int = 2048, max_batch: int = 32, threads: int = 0, engine: str = "hf") -> None:
     import torch
     import uvicorn
 
     from turnrl.build import build_engine, load_for_inference
 
+    if engine == "vllm":  # before the model loads
+        from turnrl.engine.vllm import require_vllm
+
+        require_vllm()
     if threads:
         torch.set_num_threads(threads)
-    engine, chat = build_engine(*load_for_inference(model))
+    engine, chat = build_engine(*load_for_inference(model), engine)
     app = create_app(engine, chat, name or model, max_context=max_context, max_batch=max_batch)
     print(f"turnrl serve: {name or model} on http://{host}:{port}/v1", flush=True)
     uvicorn.run(app, host=host, port=port, log_level="warning")

@@ -57,7 +57,7 @@ class Trainer:
         if model is None:
             model, tokenizer = build_policy(cfg)
         self.model, self.tok = model, tokenizer
-        self.engine, self.chat = build_engine(model, tokenizer)
+        self.engine, self.chat = build_engine(model, tokenizer, cfg.scale.engine, cfg.scale.vllm_kwargs)
         self.critic = self.algo.make_critic(model, cfg.algo) if self.algo.make_critic else None
         self.phases = self.algo.phases
         self._audited = False
