@@ -155,3 +155,40 @@ def test_process_state_survives_the_engine(setup):
     assert torch.get_num_threads() == (max(1, n - 1) if n > 1 else 1)
     torch.set_num_threads(n)
     assert os.environ.get("VLLM_ENABLE_V1_MULTIPROCESSING") == "0"
+
+
+def _small_llama():
+    """A random 2-layer Llama with SmolLM2's vocabulary and head size 32 (vLLM's CPU
+    attention takes 32 and up; the default suite's tiny model has 8)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=49152, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                      num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=2048,
+                      tie_word_embeddings=True, bos_token_id=1, eos_token_id=2, pad_token_id=2)
+    return LlamaForCausalLM(cfg).eval()
+
+
+@pytest.mark.parametrize("finetune", ["full", "lora"])
+def test_trainer_on_vllm_pushes_each_update_into_the_sampler(tmp_path, finetune):
+    """Two training steps sampled by vLLM: the model has no directory (a temporary copy is
+    made), and after step 1's update the sampler's log-probs still equal the learner's,
+    so the update reached vLLM (LoRA: merged for the copy)."""
+    from tests.test_trainer import cfg_for, train_rows
+    from turnrl.trainer import Trainer
+
+    model = _small_llama()
+    extra = ["--scale.engine", "vllm", "--scale.vllm_kwargs", json.dumps(VLLM_KW)]
+    if finetune == "lora":
+        from peft import LoraConfig, get_peft_model
+
+        model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"]))
+        extra += ["--model.finetune", "lora", "--model.lora_rank", "4", "--train.lr", "1e-2"]
+    cfg = cfg_for(tmp_path, finetune, steps=2, extra=extra)
+    trainer = Trainer(cfg, model, load_tokenizer("smollm2-135m"))
+    assert type(trainer.engine).__name__ == "VLLMEngine"
+    trainer.train()
+    rows = train_rows(tmp_path / finetune)
+    assert [r["step"] for r in rows] == [1, 2]
+    for r in rows:
+        assert r["sampler_drift_mean"] < 1e-3, r

@@ -129,8 +129,14 @@ class VLLMEngine:
         if not (src.is_dir() and (src / "config.json").is_file()):
             import tempfile
 
+            from safetensors.torch import save_file
+
             tmp = tempfile.TemporaryDirectory(prefix="turnrl-vllm-")
-            base.save_pretrained(tmp.name, safe_serialization=True)
+            base.config.save_pretrained(tmp.name)
+            try:  # plain Hugging Face names (a peft-wrapped model's own save would keep .base_layer.)
+                save_file({k: v.contiguous().clone() for k, v in _hf_weights(model)}, str(Path(tmp.name) / "model.safetensors"))
+            finally:
+                _restore_merge(model)
             tok.save_pretrained(tmp.name)
             src = Path(tmp.name)
         eng = cls(src, stop_ids, **llm_kwargs)
