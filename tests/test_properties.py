@@ -1,12 +1,11 @@
 """Property-based tests: arbitrary input never crashes config parsing, task loading,
 answer extraction or chat stitching with anything but the project's own errors."""
 import json
-import math
 import tempfile
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, assume, example, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from turnrl.config import ConfigError, RunConfig, load_config, parse_overrides

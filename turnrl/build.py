@@ -158,11 +158,23 @@ def load_for_inference(name: str):
     return load_model(name), load_tokenizer(name)
 
 
-def build_engine(model, tok, prefix_cache_tokens: int = 0) -> tuple[HFEngine, ChatFormat]:
-    """``prefix_cache_tokens`` > 0: the engine keeps released rows' KV (that many tokens,
-    least recently used out) and starts new prompts from the longest prefix it holds."""
-    from turnrl.engine.prefix_cache import PrefixCache
-
+def build_engine(model, tok, engine: str = "hf", vllm_kwargs: dict | None = None, prefix_cache_tokens: int = 0):
+    """(sampler, chat format) for ``model``: the built-in :class:`HFEngine`, or with
+    ``engine="vllm"`` a :class:`~turnrl.engine.vllm.VLLMEngine` built from the model's
+    directory and then given ``model``'s current weights (so a fine-tuned, resumed or
+    LoRA-merged model samples as itself). ``prefix_cache_tokens`` > 0 (the built-in
+    engine): released rows' KV is kept (that many tokens, least recently used out) and new
+    prompts start from the longest prefix it holds."""
     chat = ChatFormat(tok)
-    cache = PrefixCache(prefix_cache_tokens) if prefix_cache_tokens > 0 else None
-    return HFEngine(model, chat.stop_ids, tok.pad_token_id, prefix_cache=cache), chat
+    if engine == "hf":
+        if vllm_kwargs:
+            raise ConfigError("vllm_kwargs would be ignored: the engine is 'hf'")
+        from turnrl.engine.prefix_cache import PrefixCache
+
+        cache = PrefixCache(prefix_cache_tokens) if prefix_cache_tokens > 0 else None
+        return HFEngine(model, chat.stop_ids, tok.pad_token_id, prefix_cache=cache), chat
+    if engine != "vllm":
+        raise ConfigError(f"engine {engine!r}: expected 'hf' or 'vllm'")
+    from turnrl.engine.vllm import VLLMEngine
+
+    return VLLMEngine.from_model(model, tok, chat.stop_ids, **(vllm_kwargs or {})), chat

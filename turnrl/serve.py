@@ -16,12 +16,14 @@ import threading
 import time
 import uuid
 from concurrent.futures import Future
+from dataclasses import replace
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from turnrl.engine.base import SamplingParams
+from turnrl.engine.base import GenRequest, SamplingParams
 from turnrl.engine.continuous import ContinuousBatch
+from turnrl.engine.hf import HFEngine
 from turnrl.types import Message
 
 
@@ -98,6 +100,57 @@ class Batcher:
                         fut.set_exception(e)
 
 
+class GenerateBatcher:
+    """For an engine without step-level decoding (vLLM, whose own scheduler batches inside
+    one ``generate`` call): requests that arrive within ``wait_s`` and share sampling
+    settings run as one ``generate``."""
+
+    def __init__(self, engine, max_batch: int = 32, wait_s: float = 0.01):
+        self.engine, self.max_batch, self.wait_s = engine, max_batch, wait_s
+        self.q: queue.Queue = queue.Queue()
+        self.thread = threading.Thread(target=self._loop, name="turnrl-engine", daemon=True)
+        self.thread.start()
+
+    def submit(self, ids: list[int], sp: SamplingParams) -> Future:
+        fut: Future = Future()
+        self.q.put((ids, sp, fut))
+        return fut
+
+    def _loop(self) -> None:
+        held: list = []
+        while True:  # a daemon thread: it ends with the server process
+            first = held.pop(0) if held else self.q.get()
+            batch, deadline = [first], time.monotonic() + self.wait_s
+            rest = []
+            for item in held:  # requests held back from an earlier batch go first
+                (batch if _same(item[1], first[1]) and len(batch) < self.max_batch else rest).append(item)
+            held = rest
+            while len(batch) < self.max_batch:
+                try:
+                    item = self.q.get(timeout=max(0.0, deadline - time.monotonic()))
+                except queue.Empty:
+                    break
+                (batch if _same(item[1], first[1]) else held).append(item)
+            try:
+                # each request keeps its own token limit and its own seeded sampler
+                requests = [GenRequest(i, ids, sp.max_new_tokens, sp.seed) for i, (ids, sp, _) in enumerate(batch)]
+                results = self.engine.generate(requests, first[1])
+                for (_, _, fut), res in zip(batch, results):
+                    fut.set_result(res)
+            except Exception as e:  # a failed batch fails its requests, never the server
+                for _, _, fut in batch:
+                    fut.set_exception(e)
+            finally:
+                self.engine.release()
+
+
+def _same(a: SamplingParams, b: SamplingParams) -> bool:
+    """Requests batch together when only their seeds and token limits differ: each row
+    stops at its own limit and samples from its own seed, so a seeded reply does not
+    depend on what it was batched with."""
+    return replace(a, seed=0, max_new_tokens=1) == replace(b, seed=0, max_new_tokens=1)
+
+
 def create_app(engine, chat, model_name: str, max_context: int, max_batch: int = 32):
     from fastapi import FastAPI, HTTPException
     from fastapi.exceptions import RequestValidationError
@@ -118,7 +171,7 @@ def create_app(engine, chat, model_name: str, max_context: int, max_batch: int =
     def _invalid(request, exc):
         msgs = [f"{'.'.join(str(p) for p in e['loc'] if p != 'body')}: {e['msg']}" for e in exc.errors()]
         return error(400, "; ".join(msgs))
-    batcher = Batcher(engine, max_batch=max_batch)
+    batcher = (Batcher if isinstance(engine, HFEngine) else GenerateBatcher)(engine, max_batch=max_batch)
     created = int(time.time())
 
     @app.get("/health")
@@ -163,15 +216,20 @@ def create_app(engine, chat, model_name: str, max_context: int, max_batch: int =
 
 def serve(model: str, host: str = "127.0.0.1", port: int = 8000, name: str | None = None,
           max_context: int = 2048, max_batch: int = 32, threads: int = 0,
-          prefix_cache_tokens: int = DEFAULT_PREFIX_CACHE_TOKENS) -> None:
+          prefix_cache_tokens: int = DEFAULT_PREFIX_CACHE_TOKENS, engine: str = "hf") -> None:
     import torch
     import uvicorn
 
     from turnrl.build import build_engine, load_for_inference
 
+    if engine == "vllm":  # before the model loads
+        from turnrl.engine.vllm import require_vllm
+
+        require_vllm()
     if threads:
         torch.set_num_threads(threads)
-    engine, chat = build_engine(*load_for_inference(model), prefix_cache_tokens=prefix_cache_tokens)
+    engine, chat = build_engine(*load_for_inference(model), engine,
+                                prefix_cache_tokens=prefix_cache_tokens if engine == "hf" else 0)
     app = create_app(engine, chat, name or model, max_context=max_context, max_batch=max_batch)
     print(f"turnrl serve: {name or model} on http://{host}:{port}/v1", flush=True)
     uvicorn.run(app, host=host, port=port, log_level="warning")

@@ -64,7 +64,7 @@ class Trainer:
         if model is None:
             model, tokenizer = build_policy(cfg)
         self.model, self.tok = model, tokenizer
-        self.engine, self.chat = build_engine(model, tokenizer)
+        self.engine, self.chat = build_engine(model, tokenizer, cfg.scale.engine, cfg.scale.vllm_kwargs)
         if cfg.scale.learner_workers > 1:  # the update on an FSDP group; it copies its weights into self.model
             from turnrl.scale.fsdp import FSDPLearnerGroup
 

@@ -12,6 +12,7 @@ import torch
 from torch.utils.checkpoint import checkpoint
 from transformers import DynamicCache
 
+from turnrl.models import cache_kwargs
 from turnrl.types import Episode
 
 
@@ -128,9 +129,9 @@ def group_logprobs(
     if p > 0:
         cache = DynamicCache()
         prefix = torch.tensor([seqs[0][:p]], device=dev)  # (1, P)
-        body(inputs_embeds=_embed(model, prefix), use_cache=True, cache=cache)
+        body(inputs_embeds=_embed(model, prefix), use_cache=True, **cache_kwargs(body, cache))
         cache.batch_repeat_interleave(B)
-    hidden = body(inputs_embeds=_embed(model, ids), attention_mask=attn, position_ids=pos, cache=cache,
+    hidden = body(inputs_embeds=_embed(model, ids), attention_mask=attn, position_ids=pos, **cache_kwargs(body, cache),
                   use_cache=cache is not None).last_hidden_state  # (B, W, C)
     # Position j of the per-episode part predicts token p + j + 1.
     rows, cols, tgts, taus = [], [], [], []

@@ -27,6 +27,7 @@ from turnrl.engine.kv import GrowingCache
 
 from turnrl.engine.base import GenRequest, GenResult, SamplingParams, mix_seed
 from turnrl.engine.prefix_cache import PrefixCache
+from turnrl.models import cache_kwargs
 
 
 class HFEngine:
@@ -108,7 +109,7 @@ class HFEngine:
         mask = new_mask if self._mask is None else torch.cat([self._mask, new_mask], dim=1)  # (B, L+W)
         if self._cache is None:
             self._cache = GrowingCache()
-        out = self.model(input_ids=ids, attention_mask=mask, position_ids=pos, cache=self._cache,
+        out = self.model(input_ids=ids, attention_mask=mask, position_ids=pos, **cache_kwargs(self.model, self._cache),
                          use_cache=True, logits_to_keep=1)
         self._mask = mask
         return out.logits[:, -1, :].float()  # (B, V)
