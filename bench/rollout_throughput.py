@@ -1,5 +1,6 @@
 """Multi-turn rollout throughput: turnrl's engine (one KV cache kept across turns) vs the
-naive approach (re-encode the whole conversation each turn with ``model.generate``).
+naive approach (re-encode the whole conversation each turn with ``model.generate``), both
+in fp32 (tokens compared), and the engine once more with the model in bf16.
 
 Same model (SmolLM2-135M-Instruct), same 5-turn episodes (greedy decoding, a task no
 reply can solve, so every episode runs all 5 turns), same batch. Writes
@@ -7,6 +8,7 @@ bench/results/rollout_throughput.json.
 """
 from __future__ import annotations
 
+import copy
 import json
 import time
 from pathlib import Path
@@ -85,6 +87,8 @@ def main() -> int:
     model = load_model("smollm2-135m").eval()
     t_engine, a_engine = run_engine(model, tok)
     t_naive, a_naive = run_naive(model, tok)
+    t_bf16, a_bf16 = run_engine(copy.deepcopy(model).to(torch.bfloat16), tok)  # what model.dtype = "bf16" samples with
+    n_bf16 = sum(len(x) for ep in a_bf16 for x in ep)
     n_engine = sum(len(x) for ep in a_engine for x in ep)
     n_naive = sum(len(x) for ep in a_naive for x in ep)
     same = sum(x == y for ea, eb in zip(a_engine, a_naive) for x, y in zip(ea, eb))
@@ -95,8 +99,12 @@ def main() -> int:
         "engine": {"seconds": round(t_engine, 2), "action_tokens": n_engine, "tokens_per_second": round(n_engine / t_engine, 1)},
         "naive_generate": {"seconds": round(t_naive, 2), "action_tokens": n_naive, "tokens_per_second": round(n_naive / t_naive, 1)},
         "identical_turns": f"{same}/{total}",
+        "engine_bf16": {"seconds": round(t_bf16, 2), "action_tokens": n_bf16, "tokens_per_second": round(n_bf16 / t_bf16, 1),
+                        "turns_identical_to_fp32": f"{sum(x == y for ea, eb in zip(a_bf16, a_engine) for x, y in zip(ea, eb))}/{total}"},
     }
     result["speedup"] = round(result["engine"]["tokens_per_second"] / result["naive_generate"]["tokens_per_second"], 2)
+    result["speedup_bf16_engine_vs_fp32_naive"] = round(result["engine_bf16"]["tokens_per_second"]
+                                                        / result["naive_generate"]["tokens_per_second"], 2)
     out = ROOT / "bench" / "results" / "rollout_throughput.json"
     out.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))
