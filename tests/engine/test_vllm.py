@@ -192,3 +192,44 @@ def test_trainer_on_vllm_pushes_each_update_into_the_sampler(tmp_path, finetune)
     assert [r["step"] for r in rows] == [1, 2]
     for r in rows:
         assert r["sampler_drift_mean"] < 1e-3, r
+
+
+def test_serve_on_vllm_answers_over_http_like_the_in_process_vllm_engine(setup):
+    """``turnrl serve MODEL --engine vllm`` as a real server (whole-batch batcher: vLLM
+    schedules inside one generate call); greedy replies equal the in-process engine's."""
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    from tests.test_serve import free_port
+    from turnrl.endpoint import ChatEndpoint
+    from turnrl.evaluate import EngineRunner, evaluate
+
+    model, tok, chat, hf, vl = setup
+    port = free_port()
+    env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "turnrl.cli", "serve", "smollm2-135m", "--port", str(port),
+                             "--name", "smol", "--engine", "vllm", "--max-context", "512"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 900  # vLLM compiles on its first start
+        while True:
+            try:
+                urllib.request.urlopen(url + "/health", timeout=2)
+                break
+            except OSError:
+                if proc.poll() is not None or time.time() > deadline:
+                    proc.kill()
+                    pytest.fail(f"turnrl serve --engine vllm did not come up:\n{proc.stdout.read()}")
+                time.sleep(1)
+        cfg = load_config("configs/ufo_demo.toml", ["--eval.num_tasks", "4", "--eval.pass_k", "0", "--env.max_turns", "2",
+                                                    "--eval.collapse_sample", "0"])
+        local = evaluate(EngineRunner(vl, chat, name="local"), cfg)
+        remote = evaluate(ChatEndpoint(url + "/v1", concurrency=4), cfg)
+        for a, b in zip(local.episodes, remote.episodes):
+            assert [t["text"] for t in a["turns"]] == [t["text"] for t in b["turns"]], a["seed"]
+    finally:
+        proc.terminate()
+        proc.wait(timeout=60)

@@ -175,3 +175,18 @@ def test_workers_sample_ahead_of_the_update_with_max_staleness_one(tmp_path, tok
     assert [r["staleness_max"] for r in train_rows(tmp_path / "ray")] == [0.0, 1.0, 1.0]
     a, b = weights(local), weights(remote)  # the same stale episodes as the in-process pipeline
     assert all(torch.allclose(a[k], b[k], atol=1e-5, rtol=1e-4) for k in a)
+
+
+def test_two_rollout_workers_and_two_fsdp_ranks_train_the_single_process_weights(tmp_path, tokenizer):
+    from turnrl.scale.fsdp import FSDPLearnerGroup
+
+    local = make_tiny_model()
+    Trainer(cfg_for(tmp_path, "local"), local, tokenizer).train()
+    remote = make_tiny_model()
+    t = Trainer(cfg_for(tmp_path, "cluster", extra=["--scale.rollout_workers", "2", "--scale.learner_workers", "2"]),
+                remote, tokenizer)
+    assert isinstance(t.sampler, RayRolloutPool) and isinstance(t.learner, FSDPLearnerGroup)
+    t.train()
+    assert [r["step"] for r in train_rows(tmp_path / "cluster")] == [1, 2, 3]
+    a, b = weights(local), weights(remote)  # the driver's model holds the group's weights after each update
+    assert all(torch.allclose(a[k], b[k], atol=1e-5, rtol=1e-4) for k in a)
