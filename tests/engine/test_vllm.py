@@ -110,6 +110,49 @@ def test_a_seeded_request_samples_the_same_tokens_alone_and_in_a_batch(setup):
     assert other.token_ids != alone.token_ids  # the seed matters
 
 
+def test_serve_on_vllm_answers_over_http_like_the_in_process_vllm_engine(setup):
+    """``turnrl serve MODEL --engine vllm`` as a real server (whole-batch batcher: vLLM
+    schedules inside one generate call); greedy replies equal the in-process engine's.
+    Placed before the tests that build and drop a second vLLM engine: dropping one tears
+    down vLLM's process-wide parallel state, which the module's engine needs."""
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    from tests.test_serve import free_port
+    from turnrl.endpoint import ChatEndpoint
+    from turnrl.evaluate import EngineRunner, evaluate
+
+    model, tok, chat, hf, vl = setup
+    port = free_port()
+    env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "turnrl.cli", "serve", "smollm2-135m", "--port", str(port),
+                             "--name", "smol", "--engine", "vllm", "--max-context", "512"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 900  # vLLM compiles on its first start
+        while True:
+            try:
+                urllib.request.urlopen(url + "/health", timeout=2)
+                break
+            except OSError:
+                if proc.poll() is not None or time.time() > deadline:
+                    proc.kill()
+                    pytest.fail(f"turnrl serve --engine vllm did not come up:\n{proc.stdout.read()}")
+                time.sleep(1)
+        cfg = load_config("configs/ufo_demo.toml", ["--eval.num_tasks", "4", "--eval.pass_k", "0", "--env.max_turns", "2",
+                                                    "--eval.collapse_sample", "0"])
+        local = evaluate(EngineRunner(vl, chat, name="local"), cfg)
+        remote = evaluate(ChatEndpoint(url + "/v1", concurrency=4), cfg)
+        for a, b in zip(local.episodes, remote.episodes):
+            assert [t["text"] for t in a["turns"]] == [t["text"] for t in b["turns"]], a["seed"]
+    finally:
+        proc.terminate()
+        proc.wait(timeout=60)
+
+
 def test_load_weights_changes_the_output_like_a_fresh_engine(setup, tmp_path):
     model, tok, chat, hf, vl = setup
     prompts = [chat.prompt_ids([Message("user", q)]) for q in ("What is 12+30?", "Say hello.")]
@@ -193,43 +236,3 @@ def test_trainer_on_vllm_pushes_each_update_into_the_sampler(tmp_path, finetune)
     for r in rows:
         assert r["sampler_drift_mean"] < 1e-3, r
 
-
-def test_serve_on_vllm_answers_over_http_like_the_in_process_vllm_engine(setup):
-    """``turnrl serve MODEL --engine vllm`` as a real server (whole-batch batcher: vLLM
-    schedules inside one generate call); greedy replies equal the in-process engine's."""
-    import subprocess
-    import sys
-    import time
-    import urllib.request
-
-    from tests.test_serve import free_port
-    from turnrl.endpoint import ChatEndpoint
-    from turnrl.evaluate import EngineRunner, evaluate
-
-    model, tok, chat, hf, vl = setup
-    port = free_port()
-    env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "turnrl.cli", "serve", "smollm2-135m", "--port", str(port),
-                             "--name", "smol", "--engine", "vllm", "--max-context", "512"],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.time() + 900  # vLLM compiles on its first start
-        while True:
-            try:
-                urllib.request.urlopen(url + "/health", timeout=2)
-                break
-            except OSError:
-                if proc.poll() is not None or time.time() > deadline:
-                    proc.kill()
-                    pytest.fail(f"turnrl serve --engine vllm did not come up:\n{proc.stdout.read()}")
-                time.sleep(1)
-        cfg = load_config("configs/ufo_demo.toml", ["--eval.num_tasks", "4", "--eval.pass_k", "0", "--env.max_turns", "2",
-                                                    "--eval.collapse_sample", "0"])
-        local = evaluate(EngineRunner(vl, chat, name="local"), cfg)
-        remote = evaluate(ChatEndpoint(url + "/v1", concurrency=4), cfg)
-        for a, b in zip(local.episodes, remote.episodes):
-            assert [t["text"] for t in a["turns"]] == [t["text"] for t in b["turns"]], a["seed"]
-    finally:
-        proc.terminate()
-        proc.wait(timeout=60)
