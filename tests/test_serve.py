@@ -21,23 +21,27 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def server():
+def start_server(args: list[str], timeout_s: float = 180, env: dict | None = None) -> tuple[subprocess.Popen, str]:
+    """``turnrl serve smollm2-135m ARGS`` on a free port, once ``/health`` answers: (process, base URL)."""
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "turnrl.cli", "serve", "smollm2-135m", "--port", str(port),
-                             "--name", "smol", "--threads", "1", "--max-context", "512"],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen([sys.executable, "-m", "turnrl.cli", "serve", "smollm2-135m", "--port", str(port), *args],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
     url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 180
+    deadline = time.time() + timeout_s
     while True:
         try:
             urllib.request.urlopen(url + "/health", timeout=2)
-            break
+            return proc, url
         except OSError:
             if proc.poll() is not None or time.time() > deadline:
                 proc.kill()
-                pytest.fail(f"turnrl serve did not come up:\n{proc.stdout.read()}")
+                pytest.fail(f"turnrl serve {' '.join(args)} did not come up:\n{proc.stdout.read()}")
             time.sleep(0.5)
+
+
+@pytest.fixture(scope="module")
+def server():
+    proc, url = start_server(["--name", "smol", "--threads", "1", "--max-context", "512"])
     yield url + "/v1"
     proc.terminate()
     proc.wait(timeout=30)

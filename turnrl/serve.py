@@ -51,14 +51,11 @@ class ChatRequest(BaseModel):
     stream: bool = False
 
 
-class Batcher:
-    """Owns the engine: requests join the running batch between decode steps (at most
-    ``max_batch`` decoding at once) and each future resolves as soon as its row is done.
-    When the batch is empty, the first request waits ``wait_s`` for others to start with it."""
+class _EngineThread:
+    """One daemon thread owns the engine and serves a queue of (ids, sampling, future)."""
 
     def __init__(self, engine, max_batch: int = 32, wait_s: float = 0.01):
         self.engine, self.max_batch, self.wait_s = engine, max_batch, wait_s
-        self.batch = ContinuousBatch(engine)
         self.q: queue.Queue = queue.Queue()
         self.thread = threading.Thread(target=self._loop, name="turnrl-engine", daemon=True)
         self.thread.start()
@@ -68,6 +65,19 @@ class Batcher:
         fut: Future = Future()
         self.q.put((ids, sp, fut))
         return fut
+
+    def _loop(self) -> None:
+        raise NotImplementedError
+
+
+class Batcher(_EngineThread):
+    """Owns the engine: requests join the running batch between decode steps (at most
+    ``max_batch`` decoding at once) and each future resolves as soon as its row is done.
+    When the batch is empty, the first request waits ``wait_s`` for others to start with it."""
+
+    def __init__(self, engine, max_batch: int = 32, wait_s: float = 0.01):
+        self.batch = ContinuousBatch(engine)
+        super().__init__(engine, max_batch, wait_s)
 
     def _arrivals(self) -> list:
         room = self.max_batch - len(self.batch)
@@ -100,21 +110,10 @@ class Batcher:
                         fut.set_exception(e)
 
 
-class GenerateBatcher:
+class GenerateBatcher(_EngineThread):
     """For an engine without step-level decoding (vLLM, whose own scheduler batches inside
     one ``generate`` call): requests that arrive within ``wait_s`` and share sampling
     settings run as one ``generate``."""
-
-    def __init__(self, engine, max_batch: int = 32, wait_s: float = 0.01):
-        self.engine, self.max_batch, self.wait_s = engine, max_batch, wait_s
-        self.q: queue.Queue = queue.Queue()
-        self.thread = threading.Thread(target=self._loop, name="turnrl-engine", daemon=True)
-        self.thread.start()
-
-    def submit(self, ids: list[int], sp: SamplingParams) -> Future:
-        fut: Future = Future()
-        self.q.put((ids, sp, fut))
-        return fut
 
     def _loop(self) -> None:
         held: list = []

@@ -115,33 +115,14 @@ def test_serve_on_vllm_answers_over_http_like_the_in_process_vllm_engine(setup):
     schedules inside one generate call); greedy replies equal the in-process engine's.
     Placed before the tests that build and drop a second vLLM engine: dropping one tears
     down vLLM's process-wide parallel state, which the module's engine needs."""
-    import subprocess
-    import sys
-    import time
-    import urllib.request
-
-    from tests.test_serve import free_port
+    from tests.test_serve import start_server
     from turnrl.endpoint import ChatEndpoint
     from turnrl.evaluate import EngineRunner, evaluate
 
     model, tok, chat, hf, vl = setup
-    port = free_port()
-    env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "turnrl.cli", "serve", "smollm2-135m", "--port", str(port),
-                             "--name", "smol", "--engine", "vllm", "--max-context", "512"],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
-    url = f"http://127.0.0.1:{port}"
+    proc, url = start_server(["--name", "smol", "--engine", "vllm", "--max-context", "512"], timeout_s=900,  # compiles
+                             env={**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1"})
     try:
-        deadline = time.time() + 900  # vLLM compiles on its first start
-        while True:
-            try:
-                urllib.request.urlopen(url + "/health", timeout=2)
-                break
-            except OSError:
-                if proc.poll() is not None or time.time() > deadline:
-                    proc.kill()
-                    pytest.fail(f"turnrl serve --engine vllm did not come up:\n{proc.stdout.read()}")
-                time.sleep(1)
         cfg = load_config("configs/ufo_demo.toml", ["--eval.num_tasks", "4", "--eval.pass_k", "0", "--env.max_turns", "2",
                                                     "--eval.collapse_sample", "0"])
         local = evaluate(EngineRunner(vl, chat, name="local"), cfg)
