@@ -72,8 +72,7 @@ class LocalSampler:
         self._lock = threading.Lock()
 
     def publish(self, model, version: int) -> None:
-        if not self._own:
-            self.engine.load_weights(model)
+        if not self._own:  # the trainer's own engine: it has loaded the new weights already
             self.version = self.latest = version
             return
         snap = {k: v.detach().clone() for k, v in model.state_dict().items()}
