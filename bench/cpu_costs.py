@@ -45,7 +45,7 @@ def learner_seconds(model, autocast: bool = False, repeats: int = 2) -> tuple[fl
 
 
 @torch.no_grad()
-def decode_step_seconds(model, batch: int, context: int = 80, steps: int = 8, repeats: int = 3) -> float:
+def decode_step_seconds(model, batch: int, context: int = 80, steps: int = 8, repeats: int = 5) -> float:
     """Seconds per decode step (the best of ``repeats`` runs of ``steps`` steps, as the
     matmul timing below takes its best run)."""
     ids = torch.randint(100, 1000, (batch, context))

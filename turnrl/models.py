@@ -13,6 +13,8 @@ from pathlib import Path
 
 import torch
 
+from turnrl.attention import use_short_query_attention
+
 DEFAULT_MODEL = "smollm2-135m"
 _GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
@@ -112,6 +114,7 @@ def load_model(name: str, dtype: torch.dtype = torch.float32):
         model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
     except OSError as e:
         raise ModelLoadError(_hub_message(name, e)) from e
+    use_short_query_attention(model)  # decode steps: matmul attention, not CPU SDPA (turnrl/attention.py)
     return model
 
 

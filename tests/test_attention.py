@@ -1,0 +1,87 @@
+import copy
+import types
+
+import torch
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+from tests.conftest import make_tiny_model
+from turnrl.attention import NAME, SHORT_QUERY, short_query_attention, use_short_query_attention
+from turnrl.engine.kv import GrowingCache
+from turnrl.models import load_model
+
+GQA = types.SimpleNamespace(num_key_value_groups=2, is_causal=True)  # 4 query heads over 2 KV heads
+
+
+def test_uniform_query_averages_the_unmasked_values():
+    # a zero query scores every slot 0, so attention is the mean of the values it may see
+    q = torch.zeros(1, 4, 1, 2)
+    k = torch.randn(1, 2, 3, 2)
+    v = torch.tensor([[[[1.0, 2.0], [3.0, 4.0], [5.0, 9.0]], [[0.0, 0.0], [6.0, 6.0], [9.0, 3.0]]]])  # (1, 2, 3, 2)
+    mask = torch.tensor([[[[False, True, True]]]])  # slot 0 is padding
+    out, _ = short_query_attention(GQA, q, k, v, mask)  # (1, 1, 4, 2)
+    # heads 0 and 1 read KV head 0: mean of (3, 4) and (5, 9); heads 2 and 3 read KV head 1
+    expected = torch.tensor([[4.0, 6.5], [4.0, 6.5], [7.5, 4.5], [7.5, 4.5]])
+    assert torch.allclose(out[0, 0], expected)
+
+
+def test_one_key_gets_all_the_weight_when_its_score_dominates():
+    q = torch.tensor([10.0, 0.0]).expand(1, 4, 1, 2)
+    k = torch.tensor([[1.0, 0.0], [0.0, 1.0]]).expand(1, 2, 2, 2)  # slot 0 scores 10/sqrt(2), slot 1 scores 0
+    v = torch.tensor([[2.0, -1.0], [7.0, 7.0]]).expand(1, 2, 2, 2)
+    out, _ = short_query_attention(GQA, q, k, v, None)
+    w0 = 1 / (1 + torch.exp(torch.tensor(-10 / 2 ** 0.5)))  # softmax weight of slot 0
+    assert torch.allclose(out[0, 0, 0], w0 * torch.tensor([2.0, -1.0]) + (1 - w0) * torch.tensor([7.0, 7.0]))
+
+
+def test_matches_sdpa_for_decode_and_short_suffixes_with_padding():
+    torch.manual_seed(0)
+    for q_len in (1, 3, SHORT_QUERY):
+        q, k, v = torch.randn(3, 4, q_len, 8), torch.randn(3, 2, 20, 8), torch.randn(3, 2, 20, 8)
+        mask = torch.ones(3, 1, q_len, 20, dtype=torch.bool).tril(20 - q_len)
+        mask[1, ..., :5] = False  # a left-padded row
+        ours, _ = short_query_attention(GQA, q, k, v, mask)
+        ref, _ = sdpa_attention_forward(GQA, q, k, v, mask)
+        assert ours.shape == ref.shape == (3, q_len, 4, 8)
+        assert (ours - ref).abs().max() < 1e-5
+
+
+def test_long_queries_go_to_sdpa_unchanged():
+    torch.manual_seed(0)
+    n = SHORT_QUERY + 1
+    q, k, v = torch.randn(2, 4, n, 8), torch.randn(2, 2, n, 8), torch.randn(2, 2, n, 8)
+    mask = torch.ones(2, 1, n, n, dtype=torch.bool).tril()
+    assert torch.equal(short_query_attention(GQA, q, k, v, mask)[0], sdpa_attention_forward(GQA, q, k, v, mask)[0])
+
+
+def test_a_fully_masked_row_reads_nothing():
+    out, _ = short_query_attention(GQA, torch.randn(1, 4, 1, 8), torch.randn(1, 2, 5, 8), torch.randn(1, 2, 5, 8),
+                                   torch.zeros(1, 1, 1, 5, dtype=torch.bool))
+    assert torch.equal(out, torch.zeros(1, 1, 4, 8))
+
+
+def test_turnrl_models_use_it_and_decode_the_same_logits():
+    model = load_model("smollm2-135m").eval()
+    assert model.config._attn_implementation == NAME
+    stock = copy.deepcopy(model)
+    stock.set_attn_implementation("sdpa")
+    ids = torch.randint(100, 1000, (2, 12))
+    mask = torch.ones(2, 12, dtype=torch.long)
+    mask[0, :4] = 0  # left padding
+    pos = (mask.cumsum(1) - 1).clamp(min=0)
+    logits = []
+    with torch.no_grad():
+        for m in (model, stock):
+            cache = GrowingCache()
+            m(input_ids=ids, attention_mask=mask, position_ids=pos, cache=cache, use_cache=True)
+            out = m(input_ids=ids[:, :2], attention_mask=torch.cat([mask, torch.ones(2, 2, dtype=torch.long)], 1),
+                    position_ids=pos[:, -1:] + torch.tensor([[1, 2]]), cache=cache, use_cache=True)
+            logits.append(out.logits)
+    assert (logits[0] - logits[1]).abs().max() < 1e-3
+    assert torch.equal(logits[0].argmax(-1), logits[1].argmax(-1))
+
+
+def test_a_model_on_eager_attention_is_left_alone():
+    model = make_tiny_model()
+    model.set_attn_implementation("eager")
+    use_short_query_attention(model)
+    assert model.config._attn_implementation == "eager"
