@@ -203,8 +203,9 @@ def test_an_episode_samples_the_same_tokens_whatever_batch_it_is_in(tiny_model, 
 # -- per-turn contexts (markovian, window, history-rewriting templates) ------------------
 
 #: sha256 of [[(obs_ids, action_ids) per turn] per episode] of the rollout below, recorded
-#: with the stitching code as it was before per-turn contexts existed
-FULL_RECORDING = "7ec96d84a5c91a93f7f6706218f950cf244a8385cd27ab3d39ee5f4798c92459"
+#: with the stitching code as it was before per-turn contexts existed (re-recorded, stitching
+#: unchanged, when the sampler moved from torch.multinomial to one uniform draw per token)
+FULL_RECORDING = "270268a303398d9dfebe17f32bddc1f86d003942c40a3e9c6c9b615885318d9e"
 
 QWEN3_STYLE = (
     "{%- set ns = namespace(last_user=-1) -%}"

@@ -116,3 +116,47 @@ def test_the_prefix_distinct_prompts_share_is_encoded_once(tiny_model, tokenizer
     assert seen[1] == (3, max(len(p) - shared for p in prompts))  # then only each prompt's own suffix
     for p, r in zip(prompts, res):  # and the tokens are those of an unshared, uncached run
         assert r.token_ids == _reference_greedy(tiny_model, p, 4)
+
+
+def _draw(logits_row: list[float], sp, n: int = 4000):
+    """n draws from one distribution, each row with its own seeded generator."""
+    gens = [torch.Generator().manual_seed(i) for i in range(n)]
+    ids, logps = HFEngine._sample(torch.tensor([logits_row]).expand(n, -1).contiguous(), sp, gens)
+    return torch.bincount(ids, minlength=len(logits_row)).float() / n, ids, logps
+
+
+def test_sampled_frequencies_follow_the_tempered_softmax():
+    import math
+
+    # logits log(p) at T = 0.5 sample from p^2 / sum(p^2): p = (.1, .2, .3, .4) -> (1, 4, 9, 16) / 30
+    freq, ids, logps = _draw([math.log(p) for p in (0.1, 0.2, 0.3, 0.4)], SamplingParams(temperature=0.5))
+    assert torch.allclose(freq, torch.tensor([1, 4, 9, 16]) / 30, atol=0.025)  # 4000 draws: sd <= 0.008
+    expected_logp = torch.log(torch.tensor([1, 4, 9, 16]) / 30)
+    assert torch.allclose(logps, expected_logp[ids], atol=1e-5)
+
+
+def test_top_p_keeps_the_nucleus_and_renormalises():
+    import math
+
+    # p = (.5, .3, .15, .05): mass before each token (0, .5, .8, .95); top_p 0.7 keeps tokens 0 and 1
+    freq, ids, logps = _draw([math.log(p) for p in (0.5, 0.3, 0.15, 0.05)], SamplingParams(temperature=1.0, top_p=0.7))
+    assert freq[2] == freq[3] == 0
+    assert abs(float(freq[0]) - 0.5 / 0.8) < 0.025
+    assert torch.allclose(logps, torch.log(torch.tensor([0.5, 0.3]))[ids], atol=1e-5)  # log-probs of the full softmax
+
+
+def test_top_p_wider_than_its_candidates_falls_back_to_the_whole_vocabulary(monkeypatch):
+    monkeypatch.setattr(HFEngine, "TOP_P_CANDIDATES", 2)
+    # 8 equal tokens: mass before the last is 7/8 <= 0.9, so all 8 stay, though only 2 are candidates
+    freq, _, _ = _draw([0.0] * 8, SamplingParams(temperature=1.0, top_p=0.9))
+    assert (freq > 0.09).all() and (freq < 0.16).all()
+
+
+def test_top_k_and_zero_probability_tokens():
+    freq, _, _ = _draw([2.0, float("-inf"), 1.0, 0.0, -5.0], SamplingParams(temperature=1.0, top_k=2))
+    assert freq[1] == freq[3] == freq[4] == 0  # -inf and outside the top 2
+    import math
+
+    assert abs(float(freq[0]) - math.e / (math.e + 1)) < 0.025
+    freq, _, _ = _draw([0.0, float("-inf"), 0.0], SamplingParams(temperature=0.7))
+    assert freq[1] == 0

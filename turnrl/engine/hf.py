@@ -115,27 +115,40 @@ class HFEngine:
         return out.logits[:, -1, :].float()  # (B, V)
 
     # -- sampling ------------------------------------------------------------------------
-    @staticmethod
-    def _sample(logits: torch.Tensor, sp: SamplingParams, gens: list[torch.Generator]):
+    #: top-p first looks for its nucleus among this many most likely tokens (all of the vocabulary
+    #: when a row's nucleus is wider)
+    TOP_P_CANDIDATES = 1024
+
+    @classmethod
+    def _sample(cls, logits: torch.Tensor, sp: SamplingParams, gens: list[torch.Generator]):
         """Return sampled ids (B,) and their log-probs under softmax(logits / T); row b
-        draws from its own generator ``gens[b]``."""
+        draws from its own generator ``gens[b]``: one uniform number per row and step.
+
+        Inverse-CDF sampling: the first token whose cumulative probability reaches u·total.
+        ``torch.multinomial`` draws one exponential number per vocabulary entry instead; at
+        batch 32 and 49k entries that was 43 ms per step on 2 cores, half of a bf16 decode step."""
         if sp.temperature <= 0:
             ids = logits.argmax(-1)
             logp = torch.log_softmax(logits, -1)
             return ids, logp.gather(-1, ids[:, None]).squeeze(-1)
-        scaled = logits / sp.temperature  # (B, V)
-        logp = torch.log_softmax(scaled, -1)  # (B, V)
-        filt = scaled
-        if sp.top_k > 0:
-            kth = torch.topk(filt, min(sp.top_k, filt.shape[-1]), dim=-1).values[:, -1:]
-            filt = filt.masked_fill(filt < kth, float("-inf"))
-        if sp.top_p < 1.0:
-            sorted_logits, order = torch.sort(filt, descending=True, dim=-1)
-            cum = torch.softmax(sorted_logits, -1).cumsum(-1)
-            drop = cum - torch.softmax(sorted_logits, -1) > sp.top_p  # keep the first token always
-            filt = filt.scatter(-1, order, sorted_logits.masked_fill(drop, float("-inf")))
-        probs = logp.exp() if filt is scaled else torch.softmax(filt, -1)
-        ids = torch.cat([torch.multinomial(probs[b], 1, generator=g) for b, g in enumerate(gens)])  # (B,)
+        logp = torch.log_softmax(logits / sp.temperature, -1)  # (B, V)
+        probs = logp.exp()  # (B, V)
+        cand = None  # (B, K) vocabulary ids of the candidates when filtered, most likely first
+        if sp.top_k > 0 or sp.top_p < 1.0:
+            k = min(sp.top_k or cls.TOP_P_CANDIDATES, probs.shape[-1])
+            probs, cand = torch.topk(probs, k, dim=-1)  # (B, K), sorted
+            if sp.top_p < 1.0:
+                cum = probs.cumsum(-1)
+                # the (K+1)-th token would be kept when the top K hold at most top_p: sort it all
+                if sp.top_k == 0 and k < logp.shape[-1] and bool((cum[:, -1] <= sp.top_p).any()):
+                    probs, cand = torch.sort(logp.exp(), descending=True, dim=-1)
+                    cum = probs.cumsum(-1)
+                probs = probs.masked_fill(cum - probs > sp.top_p, 0.0)  # keep the first token always
+        # u in (0, 1]: a token of probability 0 is never chosen
+        u = torch.stack([1 - torch.rand((), generator=g, device=probs.device) for g in gens])  # (B,)
+        cdf = probs.cumsum(-1)  # (B, K); fp32 rounding moves a boundary by ~1e-5 of probability
+        pick = torch.searchsorted(cdf, (u * cdf[:, -1])[:, None]).clamp_(max=cdf.shape[-1] - 1)  # (B, 1)
+        ids = pick.squeeze(-1) if cand is None else cand.gather(-1, pick).squeeze(-1)
         return ids, logp.gather(-1, ids[:, None]).squeeze(-1)
 
     @classmethod
