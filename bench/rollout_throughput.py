@@ -42,23 +42,23 @@ class Unsolvable:
         return Task(t.id, t.question, "unreachable", "exact", "last_number", operands=t.operands)
 
 
-def envs():
-    return [RetryEnv(Unsolvable(), max_turns=TURNS) for _ in range(EPISODES)]
+def envs(n: int = EPISODES):
+    return [RetryEnv(Unsolvable(), max_turns=TURNS) for _ in range(n)]
 
 
-def run_engine(model, tok):
+def run_engine(model, tok, n: int = EPISODES):
     engine, chat = build_engine(model, tok)
     t0 = time.time()
-    eps = collect(envs(), list(range(EPISODES)), list(range(EPISODES)), engine, chat,
+    eps = collect(envs(n), list(range(n)), list(range(n)), engine, chat,
                   RolloutConfig(SamplingParams(temperature=0, max_new_tokens=MAX_NEW), max_context=4096))
     dt = time.time() - t0
     return dt, [[t.action_ids for t in e.turns] for e in eps]
 
 
 @torch.no_grad()
-def run_naive(model, tok):
+def run_naive(model, tok, n: int = EPISODES):
     """Re-render and re-encode every conversation each turn; one batched generate per turn."""
-    es = envs()
+    es = envs(n)
     convs = [[m.as_dict() for m in e.reset(i)] for i, e in enumerate(es)]
     actions = [[] for _ in es]
     live = list(range(len(es)))
@@ -94,6 +94,7 @@ def main() -> int:
     for name, model in (("fp32", fp32), ("bf16", copy.deepcopy(fp32).to(torch.bfloat16))):  # bf16: model.dtype = "bf16"
         row = {}
         for how, run in (("engine", run_engine), ("naive_generate", run_naive)):
+            run(model, tok, n=4)  # warm-up, untimed: the first calls in a dtype set up its kernels
             seconds, acts = run(model, tok)
             n = sum(len(x) for ep in acts for x in ep)
             row[how] = {"seconds": round(seconds, 2), "action_tokens": n, "tokens_per_second": round(n / seconds, 1)}

@@ -85,3 +85,38 @@ def test_a_model_on_eager_attention_is_left_alone():
     model.set_attn_implementation("eager")
     use_short_query_attention(model)
     assert model.config._attn_implementation == "eager"
+
+
+def test_the_whole_buffer_behind_a_growing_cache_view_gives_the_views_result():
+    from turnrl.engine.kv import _view
+
+    torch.manual_seed(0)
+    kb, vb = torch.randn(2, 2, 7, 8), torch.randn(2, 2, 7, 8)  # capacity 7, 4 slots filled
+    kb[..., 4:, :], vb[..., 4:, :] = 50.0, -50.0  # spare room: whatever it holds is masked out
+    k, v = _view(kb, 4), _view(vb, 4)
+    assert not k.is_contiguous() and k.whole is kb
+    q, mask = torch.randn(2, 4, 1, 8), torch.tensor([[[[True] * 4]], [[[False, True, True, True]]]])
+    ours, _ = short_query_attention(GQA, q, k, v, mask)
+    plain, _ = short_query_attention(GQA, q, k.contiguous(), v.contiguous(), mask)  # no .whole
+    assert (ours - plain).abs().max() < 1e-6
+
+
+def test_decoding_from_a_growing_cache_matches_a_dynamic_cache():
+    from transformers import DynamicCache
+
+    model = load_model("smollm2-135m").eval()
+    ids = torch.randint(100, 1000, (2, 10), generator=torch.Generator().manual_seed(1))
+    mask = torch.ones(2, 10, dtype=torch.long)
+    mask[1, :3] = 0
+    pos = (mask.cumsum(1) - 1).clamp(min=0)
+    logits = {}
+    with torch.no_grad():
+        for cls in (DynamicCache, GrowingCache):
+            cache, m, p, out = cls(), mask, pos, []
+            model(input_ids=ids, attention_mask=m, position_ids=p, cache=cache, use_cache=True)
+            for i in range(4):
+                m, p = torch.cat([m, torch.ones(2, 1, dtype=torch.long)], 1), p[:, -1:] + 1
+                out.append(model(input_ids=ids[:, i:i + 1], attention_mask=m, position_ids=p, cache=cache,
+                                 use_cache=True).logits)
+            logits[cls] = torch.cat(out, 1)
+    assert (logits[DynamicCache] - logits[GrowingCache]).abs().max() < 1e-4

@@ -38,10 +38,15 @@ def short_query_attention(module, query, key, value, attention_mask, dropout: fl
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout,
                                       scaling=scaling, is_causal=is_causal, **kwargs)
     g = h // kv  # query heads per KV head
+    key, value, attention_mask = _whole_buffers(key, value, attention_mask)
+    length = key.shape[2]
     scale = d ** -0.5 if scaling is None else scaling
-    # (B, KV, g*q, D) @ (B, KV, D, L): query heads sharing a KV head become extra rows
-    scores = torch.matmul(query.reshape(b, kv, g * q, d), key.transpose(-1, -2)).float()  # (B, KV, g*q, L)
-    scores = scores.view(b, kv, g, q, length) * scale
+    rows = query.reshape(b, kv, g * q, d)  # query heads sharing a KV head become extra rows
+    if key.dtype == torch.float32:
+        scores = torch.matmul(rows, key.transpose(-1, -2))  # (B, KV, g*q, L)
+    else:  # bf16 matmul copies a transposed operand first: the keys (large) stay as they are
+        scores = torch.matmul(key, rows.transpose(-1, -2)).transpose(-1, -2)  # (B, KV, g*q, L)
+    scores = scores.to(torch.float32, memory_format=torch.contiguous_format).view(b, kv, g, q, length) * scale
     probs = torch.softmax(scores if attention_mask is None else
                           scores.masked_fill(~attention_mask[:, :, None], torch.finfo(torch.float32).min), dim=-1)
     if attention_mask is not None:
@@ -49,6 +54,15 @@ def short_query_attention(module, query, key, value, attention_mask, dropout: fl
     probs = probs.to(value.dtype).view(b, kv, g * q, length)
     out = torch.matmul(probs, value)  # (B, KV, g*q, D)
     return out.view(b, h, q, d).transpose(1, 2).contiguous(), None
+
+
+def _whole_buffers(key, value, mask):
+    """A ``GrowingCache`` hands over views of its buffers (not contiguous: a matmul would
+    copy them); read the whole zero-filled buffers instead, their empty slots masked out."""
+    k, v = getattr(key, "whole", None), getattr(value, "whole", None)
+    if k is None or v is None or mask is None or k.shape != v.shape or k.shape[:2] != key.shape[:2]:
+        return key, value, mask
+    return k, v, torch.nn.functional.pad(mask, (0, k.shape[2] - key.shape[2]), value=False)
 
 
 def use_short_query_attention(model) -> None:
