@@ -60,6 +60,25 @@ def test_eval_on_a_local_model_dir_prints_turn_metrics(tmp_path, tokenizer, caps
     assert (tmp_path / "res" / "report" / "report.html").is_file()
 
 
+def test_eval_runs_in_the_configured_dtype(tmp_path, tokenizer, capsys, monkeypatch):
+    import json
+
+    from tests.conftest import make_tiny_model
+    from turnrl import learner
+
+    make_tiny_model().save_pretrained(tmp_path / "m")
+    tokenizer.save_pretrained(tmp_path / "m")
+    args = ["eval", "--model", str(tmp_path / "m"), "--eval.num_tasks", "2", "--eval.pass_k", "0", "--env.max_turns", "1",
+            "--rollout.max_new_tokens", "3", "--eval.collapse_sample", "0", "--no-report"]
+    dtypes = []
+    for i, (supported, dtype) in enumerate([(True, "bf16"), (False, "bf16"), (True, "fp32")]):
+        monkeypatch.setattr(learner, "bf16_supported", lambda: supported)  # a machine without bf16 cannot be had here
+        assert main(args + ["--model.dtype", dtype, "--out", str(tmp_path / f"r{i}")]) == 0
+        dtypes.append(json.loads((tmp_path / f"r{i}" / "eval.json").read_text())["meta"]["dtype"])
+    assert dtypes == ["bfloat16", "float32", "float32"]
+    assert capsys.readouterr().err.count("no native bf16 kernels") == 1  # said once, for the machine without
+
+
 def test_report_of_a_malformed_run_dir_is_one_clear_error(tmp_path, capsys):
     (tmp_path / "run").mkdir()
     (tmp_path / "run" / "metrics.jsonl").write_text("")

@@ -158,11 +158,21 @@ def load_for_inference(name: str):
     return load_model(name), load_tokenizer(name)
 
 
+def for_sampling(model, cfg: RunConfig, what: str):
+    """``model`` in ``model.dtype`` for a command that only samples (eval, rollout): bf16
+    where this machine computes in bf16 natively, else fp32 with one line saying so."""
+    from turnrl.learner import bf16_or_say
+
+    if cfg.model.dtype == "bf16" and bf16_or_say(what):
+        return model.to(torch.bfloat16)
+    return model
+
+
 def build_engine(model, tok, engine: str = "hf", vllm_kwargs: dict | None = None, prefix_cache_tokens: int = 0):
     """(sampler, chat format) for ``model``: the built-in :class:`HFEngine`, or with
     ``engine="vllm"`` a :class:`~turnrl.engine.vllm.VLLMEngine` built from the model's
     directory and then given ``model``'s current weights (so a fine-tuned, resumed or
-    LoRA-merged model samples as itself). ``prefix_cache_tokens`` > 0 (the built-in
+    LoRA-merged model samples as itself), in bf16 when the model is. ``prefix_cache_tokens`` > 0 (the built-in
     engine): released rows' KV is kept (that many tokens, least recently used out) and new
     prompts start from the longest prefix it holds."""
     chat = ChatFormat(tok)
@@ -177,4 +187,7 @@ def build_engine(model, tok, engine: str = "hf", vllm_kwargs: dict | None = None
         raise ConfigError(f"engine {engine!r}: expected 'hf' or 'vllm'")
     from turnrl.engine.vllm import VLLMEngine
 
-    return VLLMEngine.from_model(model, tok, chat.stop_ids, **(vllm_kwargs or {})), chat
+    kwargs = dict(vllm_kwargs or {})
+    if next(model.parameters()).dtype == torch.bfloat16:
+        kwargs.setdefault("dtype", "bfloat16")  # model.dtype = "bf16": vLLM computes in bf16 too
+    return VLLMEngine.from_model(model, tok, chat.stop_ids, **kwargs), chat

@@ -201,11 +201,11 @@ def _dispatch(args, rest: list[str]) -> int:
         summary = Trainer(cfg).train(resume=args.resume)
         print(json.dumps(summary, indent=2))
         return 0
-    from turnrl.build import build_engine, build_policy, env_factory
+    from turnrl.build import build_engine, build_policy, env_factory, for_sampling
 
     make = env_factory(cfg, "train")  # bad data fails before the model loads
     model, tok = build_policy(cfg)
-    engine, chat = build_engine(model, tok, cfg.scale.engine, cfg.scale.vllm_kwargs)
+    engine, chat = build_engine(for_sampling(model, cfg, "sampling"), tok, cfg.scale.engine, cfg.scale.vllm_kwargs)
     if args.cmd == "rollout":
         from turnrl.rollout import RolloutConfig, collect
 
@@ -229,10 +229,11 @@ def _runner(spec: str, cfg, args):
         url, _, name = spec.partition("#")
         return ChatEndpoint(url, name or args.endpoint_model, api_key=os.environ.get(args.api_key_env),
                             concurrency=args.concurrency, timeout_s=args.timeout, max_retries=args.max_retries)
-    from turnrl.build import build_engine, load_for_inference
+    from turnrl.build import build_engine, for_sampling, load_for_inference
     from turnrl.evaluate import EngineRunner
 
-    engine, chat = build_engine(*load_for_inference(spec), cfg.scale.engine, cfg.scale.vllm_kwargs)
+    model, tok = load_for_inference(spec)
+    engine, chat = build_engine(for_sampling(model, cfg, "evaluating"), tok, cfg.scale.engine, cfg.scale.vllm_kwargs)
     return EngineRunner(engine, chat, name=spec)
 
 

@@ -134,7 +134,7 @@ def _evaluate(runner: Runner, cfg: RunConfig, step: int | None, bar: "EvalProgre
     metrics["eval_seconds"] = time.time() - t0
     tok = getattr(runner, "tokenizer", None)
     meta = {
-        "model": runner.name, "env": cfg.env.name, "split": "eval", "seeds": seeds,
+        "model": runner.name, "dtype": _dtype(model_of(runner)), "env": cfg.env.name, "split": "eval", "seeds": seeds,
         "max_turns": turns, "step": step, "temperature": ev.temperature,
         "max_new_tokens": max_new, "pass_k": ev.pass_k, "pass_n": n, "pass_temperature": ev.pass_temperature,
         "distinct_instances": distinct, "distinct_by": distinct_by, "split_instances": split_size,
@@ -150,3 +150,8 @@ def _evaluate(runner: Runner, cfg: RunConfig, step: int | None, bar: "EvalProgre
     metrics.update(c_metrics)
     intervals.update(c_intervals)
     return EvalResult(metrics, intervals, meta, [episode_record(e, tok) for e in episodes])
+
+
+def _dtype(model) -> str | None:
+    """The dtype the in-process policy computes in ("float32", "bfloat16"); None for an endpoint."""
+    return None if model is None else str(next(model.parameters()).dtype).removeprefix("torch.")

@@ -35,6 +35,15 @@ def bf16_supported() -> bool:
     return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
 
+def bf16_or_say(what: str) -> bool:
+    """``bf16_supported()``; where not, one line saying ``what`` runs in fp32 instead."""
+    if bf16_supported():
+        return True
+    print(f"turnrl: model.dtype = 'bf16': this machine has no native bf16 kernels (a CPU without AVX-512 or a "
+          f"GPU without bf16); {what} in fp32", file=sys.stderr)
+    return False
+
+
 class MasterWeights:
     """``model.dtype = "bf16"``: the model holds bf16 parameters, so the sampler and the
     learner run the same bf16 computation (the ratio is 1 and the KL 0 at step 0, and both
@@ -93,12 +102,8 @@ class Learner:
         self.cfg, self.model, self.chat = cfg, model, chat
         self.peers = peers if peers is not None else Solo()
         self.master = None
-        if cfg.model.dtype == "bf16":
-            if bf16_supported():
-                self.master = MasterWeights(model)
-            else:
-                print("turnrl: model.dtype = 'bf16': this machine has no native bf16 kernels (a CPU without "
-                      "AVX-512 or a GPU without bf16); training in fp32", file=sys.stderr)
+        if cfg.model.dtype == "bf16" and bf16_or_say("training"):
+            self.master = MasterWeights(model)
         self.algo = get_algorithm(cfg.algo.name)
         self.critic = self.algo.make_critic(model, cfg.algo) if self.algo.make_critic else None
         self.phases = self.algo.phases
