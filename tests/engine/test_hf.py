@@ -160,3 +160,15 @@ def test_top_k_and_zero_probability_tokens():
     assert abs(float(freq[0]) - math.e / (math.e + 1)) < 0.025
     freq, _, _ = _draw([0.0, float("-inf"), 0.0], SamplingParams(temperature=0.7))
     assert freq[1] == 0
+
+
+def test_a_draw_survives_the_rounding_noise_of_another_batch():
+    # a nearly flat distribution over the whole vocabulary, as a random model gives, and the
+    # same logits with 1e-6 relative noise (another batch composition rounds differently):
+    # every row must draw the same token (an fp32 running sum of the CDF flipped 2 of 2000)
+    g = torch.Generator().manual_seed(0)
+    a = (torch.randn(1, 49152, generator=g) * 0.01).expand(2000, -1).contiguous()
+    b = a * (1 + 1e-6 * torch.randn(a.shape, generator=g))
+    ids = [HFEngine._sample(x, SamplingParams(temperature=1.0), [torch.Generator().manual_seed(i) for i in range(2000)])[0]
+           for x in (a, b)]
+    assert torch.equal(ids[0], ids[1])

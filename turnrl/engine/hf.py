@@ -145,8 +145,10 @@ class HFEngine:
                 probs = probs.masked_fill(cum - probs > sp.top_p, 0.0)  # keep the first token always
         # u in (0, 1]: a token of probability 0 is never chosen
         u = torch.stack([1 - torch.rand((), generator=g, device=probs.device) for g in gens])  # (B,)
-        cdf = probs.cumsum(-1)  # (B, K); fp32 rounding moves a boundary by ~1e-5 of probability
-        pick = torch.searchsorted(cdf, (u * cdf[:, -1])[:, None]).clamp_(max=cdf.shape[-1] - 1)  # (B, 1)
+        # float64: an fp32 running sum over 49k entries rounds at ~1e-7 near 1, the size of a
+        # token's share of a flat distribution, and would flip picks with batch composition
+        cdf = probs.double().cumsum(-1)  # (B, K)
+        pick = torch.searchsorted(cdf, (u.double() * cdf[:, -1])[:, None]).clamp_(max=cdf.shape[-1] - 1)  # (B, 1)
         ids = pick.squeeze(-1) if cand is None else cand.gather(-1, pick).squeeze(-1)
         return ids, full.gather(-1, ids[:, None]).squeeze(-1).log()
 
