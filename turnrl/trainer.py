@@ -17,6 +17,7 @@ from turnrl import checkpoint
 from turnrl.algos import get_algorithm
 from turnrl.algos.base import check_needs
 from turnrl.build import build_engine, build_policy, env_factory, episode_turns
+from turnrl.chat import ChatFormat
 from turnrl.config import RunConfig
 from turnrl.engine.base import SamplingParams
 from turnrl.evaluate import EngineRunner, evaluate
@@ -63,14 +64,15 @@ class Trainer:
                 self._probe_correct(f"rollout.{setting}")
         if model is None:
             model, tokenizer = build_policy(cfg)
-        self.model, self.tok = model, tokenizer
-        self.engine, self.chat = build_engine(model, tokenizer, cfg.scale.engine, cfg.scale.vllm_kwargs)
+        self.model, self.tok, self.chat = model, tokenizer, ChatFormat(tokenizer)
         if cfg.scale.learner_workers > 1:  # the update on an FSDP group; it copies its weights into self.model
             from turnrl.scale.fsdp import FSDPLearnerGroup
 
             self.learner = FSDPLearnerGroup(cfg, model, self.chat)
         else:
-            self.learner = Learner(cfg, model, self.chat)
+            self.learner = Learner(cfg, model, self.chat)  # model.dtype = "bf16": the model is bf16 from here
+        # after the learner, so that the engine is built on the model in its training dtype (vLLM: bf16 too)
+        self.engine, _ = build_engine(model, tokenizer, cfg.scale.engine, cfg.scale.vllm_kwargs)
         self.sampler = self._make_sampler()
         self._pool: ThreadPoolExecutor | None = None  # asynchronous rollouts (scale.max_staleness > 0)
         self._ahead: dict[int, Future] = {}  # step -> its episodes, sampled ahead of the update

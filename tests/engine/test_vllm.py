@@ -217,3 +217,20 @@ def test_trainer_on_vllm_pushes_each_update_into_the_sampler(tmp_path, finetune)
     for r in rows:
         assert r["sampler_drift_mean"] < 1e-3, r
 
+
+
+def test_a_bf16_policy_gets_a_bf16_vllm_sampler(tmp_path):
+    """``model.dtype = "bf16"``: the engine is built after the learner made the model bf16,
+    so vLLM computes in bf16 as the learner does, and the run trains."""
+    from tests.test_trainer import cfg_for, train_rows
+    from turnrl.learner import bf16_supported
+    from turnrl.trainer import Trainer
+
+    if not bf16_supported():
+        pytest.skip("no native bf16 on this machine: the run would train in fp32")
+    extra = ["--scale.engine", "vllm", "--scale.vllm_kwargs", json.dumps(VLLM_KW), "--model.dtype", "bf16"]
+    trainer = Trainer(cfg_for(tmp_path, "full", steps=1, extra=extra), _small_llama(), load_tokenizer("smollm2-135m"))
+    assert trainer.engine.dtype == "bfloat16" and next(trainer.model.parameters()).dtype == torch.bfloat16
+    trainer.train()
+    (row,) = train_rows(tmp_path / "full")
+    assert row["sampler_drift_mean"] < 0.05, row  # bf16 on both sides, rounded differently
