@@ -1,12 +1,12 @@
 """Action tokens per second of the HF engine and the vLLM engine on one multi-turn workload.
 
-Same model (SmolLM2-135M-Instruct, fp32), same episodes: the default UFO retry env
-(arithmetic, "try again" feedback), EPISODES episodes of up to TURNS turns in one batch,
-once greedy and once sampled (temperature 0.7, one seed per episode). Each engine runs in
+Same model (SmolLM2-135M-Instruct; fp32, or both engines in bf16 with ``--dtype bf16``),
+same episodes: the default UFO retry env (arithmetic, "try again" feedback), EPISODES
+episodes of up to TURNS turns in one batch, once greedy and once sampled (temperature 0.7, one seed per episode). Each engine runs in
 its own process (an in-process vLLM on CPU changes process-wide thread settings), one
 after the other; the parent compares their episodes: the share of turns with identical
 tokens (greedy) and the learner's audit of the vLLM log-probs (mean / max |vLLM - learner|).
-Writes bench/results/engines.json.
+Writes bench/results/engines.json (``--dtype bf16``: engines_bf16.json).
 
 Needs vLLM: on a CPU run it with ``.venv-vllm/bin/python bench/engines.py`` (scripts/setup_vllm.sh).
 ``--episodes 2 --turns 2 --max-new-tokens 8 --out /tmp/x.json`` checks the script in a minute.
@@ -25,7 +25,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def run_one(engine: str, episodes: int, turns: int, max_new: int, vllm_kwargs: dict, out: Path) -> None:
+def run_one(engine: str, dtype: str, episodes: int, turns: int, max_new: int, vllm_kwargs: dict, out: Path) -> None:
     """Child process: build one engine, collect the two workloads, pickle what the parent needs."""
     import torch
 
@@ -37,6 +37,8 @@ def run_one(engine: str, episodes: int, turns: int, max_new: int, vllm_kwargs: d
 
     tok = load_tokenizer("smollm2-135m")
     model = load_model("smollm2-135m").eval()
+    if dtype == "bf16":
+        model = model.to(torch.bfloat16)  # what model.dtype = "bf16" samples with; vLLM gets dtype="bfloat16"
     t0 = time.perf_counter()
     eng, chat = build_engine(model, tok, engine, vllm_kwargs if engine == "vllm" else None)
     build_s = time.perf_counter() - t0
@@ -56,14 +58,16 @@ def run_one(engine: str, episodes: int, turns: int, max_new: int, vllm_kwargs: d
     out.write_bytes(pickle.dumps(result))
 
 
-def audit(eps) -> dict:
-    """Learner (HF fp32) log-probs of the episodes' sampled tokens vs the sampler's own."""
+def audit(eps, dtype: str) -> dict:
+    """Learner (HF, in ``dtype``) log-probs of the episodes' sampled tokens vs the sampler's own."""
     import torch
 
     from turnrl.algos.logprobs import group_logprobs
     from turnrl.models import load_model
 
     model = load_model("smollm2-135m").eval()
+    if dtype == "bf16":
+        model = model.to(torch.bfloat16)
     diffs = []
     with torch.no_grad():
         for ep in eps:
@@ -81,12 +85,14 @@ def main(argv=None) -> int:
     ap.add_argument("--turns", type=int, default=5, help="turn cap of an episode (default 5)")
     ap.add_argument("--max-new-tokens", type=int, default=32, help="token limit per turn (default 32)")
     ap.add_argument("--eager", action="store_true", help="vLLM without torch.compile (enforce_eager)")
-    ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "engines.json"))
+    ap.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32", help="both engines in this dtype")
+    ap.add_argument("--out", default=None, help="default: bench/results/engines.json (engines_bf16.json for bf16)")
     ap.add_argument("--child", nargs=2, metavar=("ENGINE", "PICKLE"), help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
-    vllm_kwargs = {"enforce_eager": True} if a.eager else {}
+    vllm_kwargs = ({"enforce_eager": True} if a.eager else {}) | ({"dtype": "bfloat16"} if a.dtype == "bf16" else {})
+    a.out = a.out or str(ROOT / "bench" / "results" / ("engines.json" if a.dtype == "fp32" else "engines_bf16.json"))
     if a.child:
-        run_one(a.child[0], a.episodes, a.turns, a.max_new_tokens, vllm_kwargs, Path(a.child[1]))
+        run_one(a.child[0], a.dtype, a.episodes, a.turns, a.max_new_tokens, vllm_kwargs, Path(a.child[1]))
         return 0
     from turnrl.engine.vllm import vllm_missing
 
@@ -98,7 +104,7 @@ def main(argv=None) -> int:
         for engine in ("hf", "vllm"):
             pk = Path(tmp) / f"{engine}.pkl"
             cmd = [sys.executable, __file__, "--episodes", str(a.episodes), "--turns", str(a.turns),
-                   "--max-new-tokens", str(a.max_new_tokens), *(["--eager"] if a.eager else []), "--child", engine, str(pk)]
+                   "--max-new-tokens", str(a.max_new_tokens), "--dtype", a.dtype, *(["--eager"] if a.eager else []), "--child", engine, str(pk)]
             subprocess.run(cmd, check=True, cwd=ROOT)
             results[engine] = pickle.loads(pk.read_bytes())
     hf, vl = results["hf"], results["vllm"]
@@ -109,14 +115,14 @@ def main(argv=None) -> int:
     out = {
         "model": "SmolLM2-135M-Instruct", "workload": f"{a.episodes} episodes x up to {a.turns} turns, default UFO retry env, "
         f"batch {a.episodes}, {a.max_new_tokens} new tokens per turn at most",
-        "vllm_compile": not a.eager,
+        "vllm_compile": not a.eager, "dtype": a.dtype,
         "engines": {e: {k: v for k, v in r.items() if k != "runs"} | {
             "runs": {n: {k: v for k, v in run.items() if k != "episodes"} for n, run in r["runs"].items()}}
             for e, r in results.items()},
         "speedup_vllm_over_hf": {n: round(vl["runs"][n]["tokens_per_second"] / hf["runs"][n]["tokens_per_second"], 2)
                                  for n in hf["runs"]},
         "greedy_identical_turns": f"{same}/{total}", "greedy_identical_share": round(same / max(1, total), 4),
-        "vllm_logprob_drift": {n: audit(vl["runs"][n]["episodes"]) for n in vl["runs"]},
+        "vllm_logprob_drift": {n: audit(vl["runs"][n]["episodes"], a.dtype) for n in vl["runs"]},
     }
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     Path(a.out).write_text(json.dumps(out, indent=2) + "\n")

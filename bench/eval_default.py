@@ -1,6 +1,7 @@
 """Evaluate the default model (SmolLM2-135M-Instruct, untrained) with ``turnrl eval``'s
 code on the retry arithmetic env and on GSM8K-format data, write each result with its
-report (Markdown, PNG, HTML) under bench/results/eval/, and time the same greedy
+report (Markdown, PNG, HTML) under bench/results/eval/ (the arithmetic set once more with
+the model in bf16, as ``model.dtype = "bf16"`` runs it), and time the same greedy
 evaluation over HTTP (``turnrl serve`` + the OpenAI client) against the in-process engine.
 
     python bench/eval_default.py            # ~15 min on 2 cores
@@ -8,6 +9,7 @@ Summary: bench/results/eval_default.json
 """
 from __future__ import annotations
 
+import copy
 import json
 import socket
 import subprocess
@@ -52,32 +54,42 @@ def http_vs_local(cfg, runner) -> dict:
             except OSError:
                 time.sleep(0.5)
         local = evaluate(runner, cfg)
-        remote = evaluate(ChatEndpoint(f"http://127.0.0.1:{port}/v1", concurrency=16), cfg)
+        # as many conversations in flight as the in-process engine batches (like for like), and 16
+        like = min(cfg.eval.batch_size, cfg.eval.num_tasks)
+        remote = {c: evaluate(ChatEndpoint(f"http://127.0.0.1:{port}/v1", concurrency=c), cfg) for c in (like, 16)}
     finally:
         proc.terminate()
         proc.wait(timeout=30)
-    same = sum([t["text"] for t in a["turns"]] == [t["text"] for t in b["turns"]]
-               for a, b in zip(local.episodes, remote.episodes))
-    return {"episodes": len(local.episodes), "identical_episodes": same, "in_process_seconds": local.metrics["eval_seconds"],
-            "http_seconds": remote.metrics["eval_seconds"], "http_concurrency": 16,
-            "succ@1": [local.metrics["succ@1"], remote.metrics["succ@1"]]}
+    out = {"episodes": len(local.episodes), "in_process_seconds": local.metrics["eval_seconds"],
+           "in_process_batch": cfg.eval.batch_size}
+    for c, r in remote.items():
+        same = sum([t["text"] for t in a["turns"]] == [t["text"] for t in b["turns"]] for a, b in zip(local.episodes, r.episodes))
+        out[f"http_concurrency_{c}"] = {"seconds": r.metrics["eval_seconds"], "identical_episodes": same,
+                                        "over_in_process": round(r.metrics["eval_seconds"] / local.metrics["eval_seconds"], 2),
+                                        "succ@1": [local.metrics["succ@1"], r.metrics["succ@1"]]}
+    return out
 
 
 def main() -> int:
     tok = load_tokenizer("smollm2-135m")
-    engine, chat = build_engine(load_model("smollm2-135m"), tok)
-    runner = EngineRunner(engine, chat, name="smollm2-135m")
+    model = load_model("smollm2-135m")
+    runners = {}
+    for dtype, m in (("fp32", model), ("bf16", copy.deepcopy(model).to(torch.bfloat16))):  # bf16: model.dtype = "bf16"
+        engine, chat = build_engine(m, tok)
+        runners[dtype] = EngineRunner(engine, chat, name="smollm2-135m")
+    runner = runners["fp32"]
     out: dict = {"model": "smollm2-135m (untrained)", "torch_threads": torch.get_num_threads()}
     runs = {
-        "arith_mc": ("configs/ufo_demo.toml", []),
-        "gsm8k": ("configs/gsm8k.toml", []),
+        "arith_mc": ("configs/ufo_demo.toml", [], "fp32"),
+        "arith_mc_bf16": ("configs/ufo_demo.toml", [], "bf16"),
+        "gsm8k": ("configs/gsm8k.toml", [], "fp32"),
     }
-    for name, (config, extra) in runs.items():
+    for name, (config, extra, dtype) in runs.items():
         cfg = load_config(ROOT / config, extra)
-        result = evaluate(runner, cfg)
+        result = evaluate(runners[dtype], cfg)
         d = result.save(OUT / "eval" / name)
         build_report(d)
-        out[name] = {"config": config, **summary(result), "report": str((d / "report" / "report.html").relative_to(ROOT))}
+        out[name] = {"config": config, "dtype": dtype, **summary(result), "report": str((d / "report" / "report.html").relative_to(ROOT))}
         print(name, json.dumps(out[name]["succ@1"]), flush=True)
     cfg = load_config(ROOT / "configs/ufo_demo.toml", ["--eval.num_tasks", "50", "--eval.pass_k", "0"])
     out["http_vs_in_process"] = http_vs_local(cfg, runner)

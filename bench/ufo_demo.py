@@ -4,12 +4,13 @@ the policy did on the held-out episodes (``behaviour``: its first answers, how m
 episodes repeat an answer, its most common answer sequences), read from each
 evaluation's episodes.jsonl.
 
-    python bench/ufo_demo.py [CONFIG] [--section.key value ...]
+    python bench/ufo_demo.py [CONFIG] [--section.key value ...] [--out PATH]
 """
 from __future__ import annotations
 
 import json
 import os
+import resource
 import shutil
 import sys
 import time
@@ -57,6 +58,10 @@ def behaviour(records: list[dict], top: int = 5) -> dict:
 
 
 def main(argv: list[str]) -> int:
+    out = None
+    if "--out" in argv:  # where the JSON goes (default: bench/results/<config name>.json)
+        i = argv.index("--out")
+        out, argv = Path(argv[i + 1]), argv[:i] + argv[i + 2:]
     config = argv[0] if argv and not argv[0].startswith("--") else str(ROOT / "configs" / "ufo_demo.toml")
     overrides = argv[1:] if argv and not argv[0].startswith("--") else argv
     cfg = load_config(config, ["--log.progress", "false", *overrides])
@@ -77,6 +82,8 @@ def main(argv: list[str]) -> int:
         "before": pick(before, k, pk), "after": pick(after, k, pk),
         "train_minutes": round(total - (before["eval_seconds"] + after["eval_seconds"]) / 60, 2),
         "total_minutes": round(total, 2),
+        "model_dtype": cfg.model.dtype,
+        "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),  # Linux: KiB
         "behaviour": {when: behaviour(load_eval(Path(cfg.train.out_dir) / "evals" / f"step_{step:06d}").episodes)
                       for when, step in (("before", 0), ("after", cfg.train.steps))},
     }
@@ -86,8 +93,7 @@ def main(argv: list[str]) -> int:
         f"succ{k}_above_pass{pk}": after[f"succ@{k}"] > after.get(f"pass@{pk}", 1.0),
         "unique_answer_ratio_up": after["unique_answer_ratio"] > before["unique_answer_ratio"],
     }
-    name = Path(config).stem
-    out = ROOT / "bench" / "results" / f"{name}.json"
+    out = out or ROOT / "bench" / "results" / f"{Path(config).stem}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))
