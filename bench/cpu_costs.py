@@ -5,7 +5,10 @@
   trainer does, fp32 master weights aside);
 - one batched decode step of the engine's model call at several batch sizes, fp32 and bf16,
   against the time of the matmuls alone that such a step needs (every linear layer and the
-  LM head at the same shapes), so the gap is what the framework adds.
+  LM head at the same shapes), so the gap is what the framework adds;
+- one layer's attention at a decode step, transformers' SDPA function against turnrl's
+  short-query attention, and one sampling step at T = 0.7, ``torch.multinomial`` per row
+  against the engine's sampler.
 
     python bench/cpu_costs.py
 """
@@ -77,6 +80,60 @@ def matmul_seconds(model, batch: int, repeats: int = 5) -> float:
     return best
 
 
+def _best_ms(fn, repeats: int = 50) -> float:
+    fn()  # warm-up
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t0)
+    return best * 1e3
+
+
+@torch.no_grad()
+def attention_ms(model, batch: int = 32, cached: int = 90) -> dict:
+    """One layer's attention at a decode step (one query per row against ``cached`` slots of
+    the engine's cache, some rows left-padded): transformers' SDPA function against
+    turnrl's short-query one."""
+    from types import SimpleNamespace
+
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    from turnrl.attention import short_query_attention
+
+    c = model.config
+    heads, kv, d = c.num_attention_heads, c.num_key_value_heads, c.hidden_size // c.num_attention_heads
+    dtype = next(model.parameters()).dtype
+    g = torch.Generator().manual_seed(0)
+    q = torch.randn(batch, heads, 1, d, generator=g).to(dtype)
+    # the engine's cache hands attention views of buffers with spare room (turnrl/engine/kv.py)
+    k, v = (torch.randn(batch, kv, cached + 64, d, generator=g).to(dtype)[..., :cached, :] for _ in range(2))
+    mask = torch.ones(batch, 1, 1, cached, dtype=torch.bool)
+    mask[::4, ..., :10] = False
+    module = SimpleNamespace(num_key_value_groups=heads // kv, is_causal=True)
+    # no row padded: transformers passes no mask, and its SDPA function then takes enable_gqa
+    return {case: {"sdpa": round(_best_ms(lambda: sdpa_attention_forward(module, q, k, v, m)), 3),
+                   "turnrl": round(_best_ms(lambda: short_query_attention(module, q, k, v, m)), 3)}
+            for case, m in (("padded_rows", mask), ("no_padding", None))}
+
+
+def sampling_ms(batch: int = 32, vocab: int = 49152) -> dict:
+    """One sampling step at T = 0.7, one generator per row: ``torch.multinomial`` per row
+    (what the engine did before) against the engine's ``_sample``."""
+    from turnrl.engine.base import SamplingParams
+    from turnrl.engine.hf import HFEngine
+
+    logits = torch.randn(batch, vocab, generator=torch.Generator().manual_seed(0)) * 3
+    gens = [torch.Generator().manual_seed(i) for i in range(batch)]
+
+    def multinomial():
+        probs = torch.softmax(logits / 0.7, -1)
+        return torch.cat([torch.multinomial(probs[b], 1, generator=g) for b, g in enumerate(gens)])
+
+    return {"multinomial_per_row": round(_best_ms(multinomial, 20), 2),
+            "engine": round(_best_ms(lambda: HFEngine._sample(logits, SamplingParams(temperature=0.7), gens), 20), 2)}
+
+
 def main() -> int:
     fp32 = load_model("smollm2-135m")
     bf16 = copy.deepcopy(fp32).to(torch.bfloat16)
@@ -99,6 +156,8 @@ def main() -> int:
         "decode_step_seconds_by_batch": decode,
         "decode_matmul_seconds_by_batch": matmul,
         "decode_step_over_matmul_batch_32": {k: round(decode[k]["32"] / matmul[k]["32"], 2) for k in decode},
+        "attention_ms_per_layer_decode_batch_32": {"fp32": attention_ms(fp32), "bf16": attention_ms(bf16)},
+        "sampling_ms_per_step_batch_32_t0.7": sampling_ms(),
     }
     out = ROOT / "bench" / "results" / "cpu_costs.json"
     out.write_text(json.dumps(result, indent=2) + "\n")

@@ -2,10 +2,11 @@
 
 Same model (SmolLM2-135M-Instruct; fp32, or both engines in bf16 with ``--dtype bf16``),
 same episodes: the default UFO retry env (arithmetic, "try again" feedback), EPISODES
-episodes of up to TURNS turns in one batch, once greedy and once sampled (temperature 0.7, one seed per episode). Each engine runs in
-its own process (an in-process vLLM on CPU changes process-wide thread settings), one
-after the other; the parent compares their episodes: the share of turns with identical
-tokens (greedy) and the learner's audit of the vLLM log-probs (mean / max |vLLM - learner|).
+episodes of up to TURNS turns in one batch, once greedy and once sampled (temperature 0.7,
+one seed per episode). Each engine runs in its own process (an in-process vLLM on CPU
+changes process-wide thread settings), one after the other; the parent compares their
+episodes: the share of turns with identical tokens (greedy) and the learner's audit of
+the vLLM log-probs (mean / max |vLLM - learner|).
 Writes bench/results/engines.json (``--dtype bf16``: engines_bf16.json).
 
 Needs vLLM: on a CPU run it with ``.venv-vllm/bin/python bench/engines.py`` (scripts/setup_vllm.sh).
@@ -25,6 +26,16 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 
 
+def _model(dtype: str):
+    """The default model in ``dtype`` ("bf16": what ``model.dtype = "bf16"`` samples and trains with)."""
+    import torch
+
+    from turnrl.models import load_model
+
+    model = load_model("smollm2-135m").eval()
+    return model.to(torch.bfloat16) if dtype == "bf16" else model
+
+
 def run_one(engine: str, dtype: str, episodes: int, turns: int, max_new: int, vllm_kwargs: dict, out: Path) -> None:
     """Child process: build one engine, collect the two workloads, pickle what the parent needs."""
     import torch
@@ -32,13 +43,11 @@ def run_one(engine: str, dtype: str, episodes: int, turns: int, max_new: int, vl
     from turnrl.build import build_engine, env_factory
     from turnrl.config import load_config
     from turnrl.engine.base import SamplingParams
-    from turnrl.models import load_model, load_tokenizer
+    from turnrl.models import load_tokenizer
     from turnrl.rollout import RolloutConfig, collect
 
     tok = load_tokenizer("smollm2-135m")
-    model = load_model("smollm2-135m").eval()
-    if dtype == "bf16":
-        model = model.to(torch.bfloat16)  # what model.dtype = "bf16" samples with; vLLM gets dtype="bfloat16"
+    model = _model(dtype)  # a bf16 model gets a bf16 vLLM (build_engine)
     t0 = time.perf_counter()
     eng, chat = build_engine(model, tok, engine, vllm_kwargs if engine == "vllm" else None)
     build_s = time.perf_counter() - t0
@@ -63,11 +72,8 @@ def audit(eps, dtype: str) -> dict:
     import torch
 
     from turnrl.algos.logprobs import group_logprobs
-    from turnrl.models import load_model
 
-    model = load_model("smollm2-135m").eval()
-    if dtype == "bf16":
-        model = model.to(torch.bfloat16)
+    model = _model(dtype)
     diffs = []
     with torch.no_grad():
         for ep in eps:
@@ -89,7 +95,7 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default=None, help="default: bench/results/engines.json (engines_bf16.json for bf16)")
     ap.add_argument("--child", nargs=2, metavar=("ENGINE", "PICKLE"), help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
-    vllm_kwargs = ({"enforce_eager": True} if a.eager else {}) | ({"dtype": "bfloat16"} if a.dtype == "bf16" else {})
+    vllm_kwargs = {"enforce_eager": True} if a.eager else {}
     a.out = a.out or str(ROOT / "bench" / "results" / ("engines.json" if a.dtype == "fp32" else "engines_bf16.json"))
     if a.child:
         run_one(a.child[0], a.dtype, a.episodes, a.turns, a.max_new_tokens, vllm_kwargs, Path(a.child[1]))

@@ -130,8 +130,7 @@ class HFEngine:
         if sp.temperature <= 0:
             ids = logits.argmax(-1)
             return ids, logits.gather(-1, ids[:, None]).squeeze(-1) - torch.logsumexp(logits, -1)
-        full = torch.softmax(logits / sp.temperature, -1)  # (B, V); log-probs only for the drawn ids
-        probs = full
+        probs = full = torch.softmax(logits / sp.temperature, -1)  # (B, V); log-probs only for the drawn ids
         cand = None  # (B, K) vocabulary ids of the candidates when filtered, most likely first
         if sp.top_k > 0 or sp.top_p < 1.0:
             k = min(sp.top_k or cls.TOP_P_CANDIDATES, probs.shape[-1])

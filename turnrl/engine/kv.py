@@ -3,14 +3,8 @@
 ``transformers``' ``DynamicLayer`` appends each decode step's keys and values with
 ``torch.cat``, copying the whole cache every step: at batch 32 and 150 cached tokens that
 copy was a quarter of SmolLM2's decode step on a CPU. ``GrowingLayer`` keeps a buffer with
-spare room (a quarter more, at least 64 slots, when full) and writes the new slots into it;
-``keys`` / ``values`` are views of the filled part, so attention reads exactly the same numbers.
-
-Those views are not contiguous (each row's slots are followed by its spare room), and a
-bf16 batched matmul copies such an operand first: two copies of the cache per layer and
-step, 15% of a bf16 decode step at batch 32. So each view carries its whole buffer as
-``view.whole`` (zero-initialised: empty slots hold finite numbers), and the short-query
-attention (``turnrl/attention.py``) reads the buffer with the empty slots masked out.
+spare room (doubling when full) and writes the new slots into it; ``keys`` / ``values``
+are views of the filled part, so attention reads exactly the same numbers.
 """
 from __future__ import annotations
 
@@ -25,7 +19,7 @@ class GrowingLayer(DynamicLayer):
 
     @property
     def keys(self):
-        return self._k if self._k is None or self._k.dim() < 4 else _view(self._k, self._n)
+        return self._k if self._k is None or self._k.dim() < 4 else self._k[..., : self._n, :]
 
     @keys.setter
     def keys(self, t):  # the engine (row selection, re-padding) and transformers assign whole tensors
@@ -34,7 +28,7 @@ class GrowingLayer(DynamicLayer):
 
     @property
     def values(self):
-        return self._v if self._v is None or self._v.dim() < 4 else _view(self._v, self._n)
+        return self._v if self._v is None or self._v.dim() < 4 else self._v[..., : self._n, :]
 
     @values.setter
     def values(self, t):
@@ -45,8 +39,8 @@ class GrowingLayer(DynamicLayer):
             self.lazy_initialization(key_states, value_states)
         n, new = self._n, key_states.shape[-2]
         if self._k.dim() < 4 or n + new > self._k.shape[-2] or self._k.shape[0] != key_states.shape[0]:
-            shape = (*key_states.shape[:2], n + new + max(64, (n + new) // 4), key_states.shape[-1])
-            k, v = key_states.new_zeros(shape), value_states.new_zeros(shape)
+            shape = (*key_states.shape[:2], max(2 * n, n + new + 64), key_states.shape[-1])
+            k, v = key_states.new_empty(shape), value_states.new_empty(shape)
             if n:
                 k[..., :n, :] = self._k[..., :n, :]
                 v[..., :n, :] = self._v[..., :n, :]
@@ -55,13 +49,6 @@ class GrowingLayer(DynamicLayer):
         self._v[..., n:n + new, :] = value_states
         self._n = n + new
         return self.keys, self.values
-
-
-def _view(buf: torch.Tensor, n: int) -> torch.Tensor:
-    """The first ``n`` slots of ``buf`` (B, KV, capacity, D), carrying ``buf`` as ``.whole``."""
-    view = buf[..., :n, :]
-    view.whole = buf
-    return view
 
 
 class GrowingCache(DynamicCache):
