@@ -44,7 +44,9 @@ def http_vs_local(cfg, runner) -> dict:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    proc = subprocess.Popen([sys.executable, "-m", "turnrl.cli", "serve", "smollm2-135m", "--port", str(port)],
+    # the server decodes as many rows at once as the in-process engine batches (like for like)
+    proc = subprocess.Popen([sys.executable, "-m", "turnrl.cli", "serve", "smollm2-135m", "--port", str(port),
+                             "--max-batch", str(cfg.eval.batch_size)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         for _ in range(240):
@@ -61,7 +63,7 @@ def http_vs_local(cfg, runner) -> dict:
         proc.terminate()
         proc.wait(timeout=30)
     out = {"episodes": len(local.episodes), "in_process_seconds": local.metrics["eval_seconds"],
-           "in_process_batch": cfg.eval.batch_size}
+           "in_process_batch": cfg.eval.batch_size, "server_max_batch": cfg.eval.batch_size}
     for c, r in remote.items():
         same = sum([t["text"] for t in a["turns"]] == [t["text"] for t in b["turns"]] for a, b in zip(local.episodes, r.episodes))
         out[f"http_concurrency_{c}"] = {"seconds": r.metrics["eval_seconds"], "identical_episodes": same,

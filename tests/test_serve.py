@@ -138,6 +138,58 @@ def test_a_request_arriving_mid_batch_joins_it_and_returns_first(tiny_model, tok
     assert alone.submit(long_ids, long_sp).result(timeout=120).token_ids == long.token_ids
 
 
+def _decoding(batcher, rows: int) -> None:
+    deadline = time.time() + 30
+    while len(batcher.batch) < rows or not all(r.result.token_ids for r in batcher.batch.rows):
+        assert time.time() < deadline
+        time.sleep(0.001)
+
+
+def test_arrivals_during_decoding_join_together_once_they_are_a_quarter_of_the_batch(tiny_model, tokenizer, chat):
+    from turnrl.engine import HFEngine, SamplingParams
+    from turnrl.serve import Batcher
+
+    batcher = Batcher(HFEngine(tiny_model, chat.stop_ids, tokenizer.pad_token_id), wait_s=0.5, admit_after_steps=10**9)
+    long_ids = chat.prompt_ids([Message("user", "Tell me a long story about the sea, please.")])
+    longs = [batcher.submit(long_ids, SamplingParams(temperature=0, max_new_tokens=300)) for _ in range(8)]
+    _decoding(batcher, 8)
+    shapes = []
+    hook = tiny_model.register_forward_pre_hook(lambda m, a, kw: shapes.append(tuple(kw["input_ids"].shape)), with_kwargs=True)
+    sp = SamplingParams(temperature=0, max_new_tokens=5)
+    a = batcher.submit(chat.prompt_ids([Message("user", "Hi")]), sp)
+    start = batcher.steps
+    while batcher.steps < start + 20:  # 20 decode steps: one arrival is 1/8 of the batch, it waits
+        time.sleep(0.001)
+    assert not a.done() and len(batcher.pending) == 1
+    b = batcher.submit(chat.prompt_ids([Message("user", "Hello")]), sp)  # 2 of 8: a quarter, both join
+    assert len(a.result(timeout=60).token_ids) == 5 and len(b.result(timeout=60).token_ids) == 5
+    assert not any(f.done() for f in longs)
+    hook.remove()
+    assert (9, 1) not in shapes and (10, 1) in shapes  # they joined in one admission, never one alone
+    assert all(s == (8, 1) for s in shapes[:20])
+    assert all(len(f.result(timeout=60).token_ids) == 300 for f in longs)
+
+
+def test_a_lone_arrival_joins_after_admit_after_steps(tiny_model, tokenizer, chat):
+    from turnrl.engine import HFEngine, SamplingParams
+    from turnrl.serve import Batcher
+
+    batcher = Batcher(HFEngine(tiny_model, chat.stop_ids, tokenizer.pad_token_id), wait_s=0.5, admit_after_steps=3)
+    long_ids = chat.prompt_ids([Message("user", "Tell me a long story about the sea, please.")])
+    longs = [batcher.submit(long_ids, SamplingParams(temperature=0, max_new_tokens=300)) for _ in range(8)]
+    _decoding(batcher, 8)
+    shapes = []
+    hook = tiny_model.register_forward_pre_hook(lambda m, a, kw: shapes.append(tuple(kw["input_ids"].shape)), with_kwargs=True)
+    a = batcher.submit(chat.prompt_ids([Message("user", "Hi")]), SamplingParams(temperature=0, max_new_tokens=5))
+    assert len(a.result(timeout=60).token_ids) == 5
+    assert not any(f.done() for f in longs)  # it did not wait for the batch to finish
+    hook.remove()
+    first_prefill = next(i for i, s in enumerate(shapes) if s[1] > 1)
+    assert first_prefill >= 2  # at least 3 steps after its arrival (the first may have begun before it)
+    assert (9, 1) in shapes
+    assert all(len(f.result(timeout=60).token_ids) == 300 for f in longs)
+
+
 def test_a_seeded_request_gets_the_same_reply_alone_and_batched(tiny_model, tokenizer, chat):
     from turnrl.engine import HFEngine, SamplingParams
     from turnrl.serve import Batcher
