@@ -1,27 +1,42 @@
 import copy
 import types
 
+import pytest
 import torch
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
 from tests.conftest import make_tiny_model
-from turnrl.attention import NAME, short_query_attention, use_short_query_attention
+from turnrl.attention import NAME, SHORT_QUERY, short_query_attention, use_short_query_attention
 from turnrl.engine.kv import GrowingCache
 from turnrl.models import load_model
 
 GQA = types.SimpleNamespace(num_key_value_groups=2, is_causal=True)  # 4 query heads over 2 KV heads
 
 
-def test_uniform_query_averages_the_unmasked_values():
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])  # fp32: via SDPA; bf16: the matmul path
+def test_uniform_query_averages_the_unmasked_values(dtype):
     # a zero query scores every slot 0, so attention is the mean of the values it may see
-    q = torch.zeros(1, 4, 1, 2)
-    k = torch.randn(1, 2, 3, 2)
-    v = torch.tensor([[[[1.0, 2.0], [3.0, 4.0], [5.0, 9.0]], [[0.0, 0.0], [6.0, 6.0], [9.0, 3.0]]]])  # (1, 2, 3, 2)
+    q = torch.zeros(1, 4, 1, 2, dtype=dtype)
+    k = torch.randn(1, 2, 3, 2).to(dtype)
+    v = torch.tensor([[[[1.0, 2.0], [3.0, 4.0], [5.0, 9.0]], [[0.0, 0.0], [6.0, 6.0], [9.0, 3.0]]]], dtype=dtype)
     mask = torch.tensor([[[[False, True, True]]]])  # slot 0 is padding
     out, _ = short_query_attention(GQA, q, k, v, mask)  # (1, 1, 4, 2)
     # heads 0 and 1 read KV head 0: mean of (3, 4) and (5, 9); heads 2 and 3 read KV head 1
-    expected = torch.tensor([[4.0, 6.5], [4.0, 6.5], [7.5, 4.5], [7.5, 4.5]])
-    assert torch.allclose(out[0, 0], expected)
+    expected = torch.tensor([[4.0, 6.5], [4.0, 6.5], [7.5, 4.5], [7.5, 4.5]], dtype=dtype)
+    assert torch.equal(out[0, 0], expected)
+
+
+def test_masked_calls_take_the_matmul_path_in_bf16_and_sdpa_in_fp32(monkeypatch):
+    import transformers.integrations.sdpa_attention as hf_sdpa
+
+    calls = []
+    monkeypatch.setattr(hf_sdpa, "sdpa_attention_forward", lambda *a, **k: calls.append(a[1].dtype) or (a[1], None))
+    mask = torch.ones(2, 1, 1, 6, dtype=torch.bool)
+    for dtype in (torch.float32, torch.bfloat16):
+        q, k, v = torch.randn(2, 4, 1, 8).to(dtype), torch.randn(2, 2, 6, 8).to(dtype), torch.randn(2, 2, 6, 8).to(dtype)
+        short_query_attention(GQA, q, k, v, mask)  # padded rows
+        short_query_attention(GQA, q, k, v, None)  # no padding: the matmul path in both
+    assert calls == [torch.float32]
 
 
 def test_one_key_gets_all_the_weight_when_its_score_dominates():
@@ -33,26 +48,32 @@ def test_one_key_gets_all_the_weight_when_its_score_dominates():
     assert torch.allclose(out[0, 0, 0], w0 * torch.tensor([2.0, -1.0]) + (1 - w0) * torch.tensor([7.0, 7.0]))
 
 
-def test_an_unpadded_decode_step_matches_sdpa():
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_matches_sdpa_for_decode_and_short_suffixes_with_padding(dtype):
     torch.manual_seed(0)
-    q, k, v = torch.randn(3, 4, 1, 8), torch.randn(3, 2, 20, 8), torch.randn(3, 2, 20, 8)
-    ours, _ = short_query_attention(GQA, q, k, v, None)
-    ref, _ = sdpa_attention_forward(GQA, q, k, v, None)
-    assert ours.shape == ref.shape == (3, 1, 4, 8)
-    assert (ours - ref).abs().max() < 1e-5
+    for q_len in (1, 3, SHORT_QUERY):
+        q, k, v = torch.randn(3, 4, q_len, 8), torch.randn(3, 2, 20, 8), torch.randn(3, 2, 20, 8)
+        mask = torch.ones(3, 1, q_len, 20, dtype=torch.bool).tril(20 - q_len)
+        mask[1, ..., :5] = False  # a left-padded row
+        ours, _ = short_query_attention(GQA, q.to(dtype), k.to(dtype), v.to(dtype), mask)
+        ref, _ = sdpa_attention_forward(GQA, q, k, v, mask)  # fp32 reference
+        assert ours.shape == ref.shape == (3, q_len, 4, 8)
+        assert (ours.float() - ref).abs().max() < (1e-5 if dtype == torch.float32 else 3e-2)
 
 
-def test_masked_or_longer_queries_go_to_sdpa_unchanged():
+def test_long_queries_go_to_sdpa_unchanged():
     torch.manual_seed(0)
-    for n, mask in ((1, torch.ones(2, 1, 1, 6, dtype=torch.bool)), (6, torch.ones(2, 1, 6, 6, dtype=torch.bool).tril())):
-        q, k, v = torch.randn(2, 4, n, 8), torch.randn(2, 2, 6, 8), torch.randn(2, 2, 6, 8)
-        assert torch.equal(short_query_attention(GQA, q, k, v, mask)[0], sdpa_attention_forward(GQA, q, k, v, mask)[0])
+    n = SHORT_QUERY + 1
+    q, k, v = torch.randn(2, 4, n, 8), torch.randn(2, 2, n, 8), torch.randn(2, 2, n, 8)
+    mask = torch.ones(2, 1, n, n, dtype=torch.bool).tril()
+    assert torch.equal(short_query_attention(GQA, q, k, v, mask)[0], sdpa_attention_forward(GQA, q, k, v, mask)[0])
 
 
-def test_a_fully_masked_row_reads_nothing():
-    out, _ = short_query_attention(GQA, torch.randn(1, 4, 1, 8), torch.randn(1, 2, 5, 8), torch.randn(1, 2, 5, 8),
-                                   torch.zeros(1, 1, 1, 5, dtype=torch.bool))
-    assert torch.equal(out, torch.zeros(1, 1, 4, 8))
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_a_fully_masked_row_reads_nothing(dtype):
+    out, _ = short_query_attention(GQA, torch.randn(1, 4, 1, 8).to(dtype), torch.randn(1, 2, 5, 8).to(dtype),
+                                   torch.randn(1, 2, 5, 8).to(dtype), torch.zeros(1, 1, 1, 5, dtype=torch.bool))
+    assert torch.equal(out, torch.zeros(1, 1, 4, 8, dtype=dtype))
 
 
 def test_turnrl_models_use_it_and_decode_the_same_logits():

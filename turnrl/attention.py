@@ -1,24 +1,35 @@
-"""Attention for a decode step without padding as two matmuls instead of SDPA.
+"""Attention for short queries (decode steps, short suffixes) as two matmuls instead of SDPA.
 
-When no row of a batch is padded, transformers passes its SDPA function no mask, and for
-a model with grouped KV heads that function then calls ``scaled_dot_product_attention``
-with ``enable_gqa``. On a CPU in bf16 that call is slow at decode shapes: at batch 32
-(SmolLM2-135M, 9 query heads over 3 KV heads, 90 cached slots) 1.33 ms per layer against
-0.25 ms for ``softmax(q kᵀ · scale) v`` written as two matmuls, with the query heads that
-share a KV head stacked as extra query rows (``bench/cpu_costs.py``). With a mask (padded
-rows) transformers packs the heads itself and SDPA is as fast, so that case, longer
-queries, and calls with features this path lacks (dropout, soft-capping, attention sinks,
-position bias) go to transformers' SDPA function unchanged.
+``softmax(q kᵀ · scale + mask) v`` written as two matmuls, the query heads that share a KV
+head stacked as extra query rows, never copies the KV heads; the softmax runs in fp32, as
+transformers' eager attention does. Where it runs, measured on 2 CPU cores with
+SmolLM2-135M (9 query heads over 3 KV heads):
 
-``use_short_query_attention(model)`` switches a transformers model to this function under
-the name ``"turnrl_sdpa"``; its masks are SDPA's. The softmax runs in fp32, as
-transformers' eager attention does.
+- a decode step with no padded row, any dtype: transformers then passes no mask, and its
+  SDPA function calls ``scaled_dot_product_attention`` with ``enable_gqa``, which is slow
+  on a CPU in bf16 (batch 32, 90 cached slots: 1.39 ms per layer against 0.37;
+  ``bench/cpu_costs.py``);
+- in bf16, also queries of up to ``SHORT_QUERY`` tokens with a mask (padded rows, the
+  suffix a new turn adds). Per call SDPA looks as fast there, but over whole rollouts this
+  path is faster: 32 five-turn greedy episodes (``bench/engines.py``'s workload) ran at
+  225–237 action tokens/s against 136–149 with transformers 5.19 (vLLM's venv), and
+  202–223 against 194–200 with 5.24;
+- in fp32, masked queries go to SDPA: over the same rollouts the two were within this
+  machine's run-to-run noise (the same code gave 124 and 147 tokens/s).
+
+Longer queries (prefill, the learner's full sequences) and calls with features this path
+lacks (dropout, soft-capping, attention sinks, position bias) go to transformers' SDPA
+function unchanged. ``use_short_query_attention(model)`` switches a transformers model to
+this function under the name ``"turnrl_sdpa"``; its masks are SDPA's. A fully masked row
+(a left-padding slot's query) gets 0, as from SDPA.
 """
 from __future__ import annotations
 
 import torch
 
 NAME = "turnrl_sdpa"
+#: queries up to this many tokens use the matmul path
+SHORT_QUERY = 32
 
 
 def short_query_attention(module, query, key, value, attention_mask, dropout: float = 0.0,
@@ -28,18 +39,28 @@ def short_query_attention(module, query, key, value, attention_mask, dropout: fl
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
     b, h, q, d = query.shape
-    kv = key.shape[1]
+    kv, length = key.shape[1], key.shape[2]
     special = dropout or any(kwargs.get(k) is not None for k in ("softcap", "s_aux", "sinks", "position_bias"))
-    if q != 1 or attention_mask is not None or special or h % kv:
+    fp32_masked = attention_mask is not None and query.dtype == torch.float32  # SDPA is as fast there
+    if q > SHORT_QUERY or special or (attention_mask is None and q > 1) or h % kv or fp32_masked \
+            or (attention_mask is not None and attention_mask.dtype != torch.bool):
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout,
                                       scaling=scaling, is_causal=is_causal, **kwargs)
     g = h // kv  # query heads per KV head
     scale = d ** -0.5 if scaling is None else scaling
-    rows = query.reshape(b, kv, g, d)  # the query heads sharing a KV head become rows
-    scores = torch.matmul(rows, key.transpose(-1, -2)).float() * scale  # (B, KV, g, L)
-    probs = torch.softmax(scores, dim=-1).to(value.dtype)
-    out = torch.matmul(probs, value)  # (B, KV, g, D)
-    return out.view(b, h, 1, d).transpose(1, 2).contiguous(), None
+    rows = query.reshape(b, kv, g * q, d)  # query heads sharing a KV head become extra rows
+    if key.dtype == torch.float32:
+        scores = torch.matmul(rows, key.transpose(-1, -2))  # (B, KV, g*q, L)
+    else:  # bf16 matmul copies a transposed operand first: the keys (large) stay as they are
+        scores = torch.matmul(key, rows.transpose(-1, -2)).transpose(-1, -2)  # (B, KV, g*q, L)
+    scores = scores.to(torch.float32, memory_format=torch.contiguous_format).view(b, kv, g, q, length) * scale
+    probs = torch.softmax(scores if attention_mask is None else
+                          scores.masked_fill(~attention_mask[:, :, None], torch.finfo(torch.float32).min), dim=-1)
+    if attention_mask is not None:
+        probs = probs * attention_mask[:, :, None]  # a fully masked row reads nothing (0), as in SDPA
+    probs = probs.to(value.dtype).view(b, kv, g * q, length)
+    out = torch.matmul(probs, value)  # (B, KV, g*q, D)
+    return out.view(b, h, q, d).transpose(1, 2).contiguous(), None
 
 
 def use_short_query_attention(model) -> None:
