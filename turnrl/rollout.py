@@ -198,6 +198,81 @@ def _sample(envs, live: list[int], contexts: list[list[int]], sp: SamplingParams
     return states, results, texts, latency
 
 
+class _Stitched:
+    """``full`` context with an append-only template: one growing token sequence per
+    episode (the engine's cross-turn KV cache extends it). A turn records only the ids
+    added since the previous action (``obs_ids``)."""
+
+    def __init__(self, cfg: RolloutConfig, chat: ChatFormat):
+        self.cfg, self.chat = cfg, chat
+        self.ids: dict[int, list[int]] = {}  # episode -> the ids its next action is sampled after
+        self.obs: dict[int, list[int]] = {}  # episode -> the ids added since its last action
+
+    def begin(self, i: int, opening: list[Message]) -> list[Message]:
+        self.obs[i] = self.chat.prompt_ids(opening)
+        self.ids[i] = list(self.obs[i])
+        return opening
+
+    def shown(self, i: int, text: str) -> tuple[str, bool]:
+        """(what the env sees of the reply, its state block missing)"""
+        return text, False
+
+    def info(self, step: Step, missing: bool) -> dict:
+        return step.record()
+
+    def turn_ids(self, i: int) -> dict:
+        return {"obs_ids": self.obs[i]}
+
+    def advance(self, i: int, action: list[int], text: str, stopped: bool, feedback: list[Message]) -> bool:
+        """Extend episode ``i`` by its action and the env's answer; False when the next
+        action would have no room in ``max_context``."""
+        self.obs[i] = self.chat.continuation_ids(feedback, stopped, action[-1] if action else None)
+        self.ids[i] = self.ids[i] + action + self.obs[i]
+        return len(self.ids[i]) + 1 <= self.cfg.max_context
+
+
+class _Rebuilt(_Stitched):
+    """Every other case: each turn's context is rebuilt (``turn_context``) and recorded on
+    the turn (``context_ids``). Markovian: the env sees each reply without its state block;
+    a reply with no complete state block is a void turn (``info["state_missing"]``) and the
+    previous state is kept."""
+
+    def __init__(self, cfg: RolloutConfig, chat: ChatFormat):
+        super().__init__(cfg, chat)
+        self.markov = cfg.context == "markovian"
+        self.openings: dict[int, list[Message]] = {}
+        self.pasts: dict[int, list[_Past]] = {}
+        self.states: dict[int, str | None] = {}
+
+    def begin(self, i: int, opening: list[Message]) -> list[Message]:
+        if self.markov and opening:
+            last = opening[-1]
+            opening = [*opening[:-1], Message(last.role, last.content + state_instruction(self.cfg.state_tag))]
+        self.openings[i], self.pasts[i], self.states[i] = opening, [], None
+        self.ids[i] = turn_context(self.cfg, self.chat, opening, [], None)
+        return opening
+
+    def shown(self, i: int, text: str) -> tuple[str, bool]:
+        """Updates the episode's state from the reply's state block (Markovian)."""
+        if not self.markov:
+            return text, False
+        found, rest = split_state(text, self.cfg.state_tag)
+        if found is not None:
+            self.states[i] = found
+        return rest, found is None
+
+    def info(self, step: Step, missing: bool) -> dict:
+        return {**step.record(), **({"state_missing": missing} if self.markov else {})}
+
+    def turn_ids(self, i: int) -> dict:
+        return {"obs_ids": self.ids[i], "context_ids": self.ids[i]}
+
+    def advance(self, i: int, action: list[int], text: str, stopped: bool, feedback: list[Message]) -> bool:
+        self.pasts[i].append(_Past(text, action, stopped, feedback))
+        self.ids[i] = turn_context(self.cfg, self.chat, self.openings[i], self.pasts[i], self.states[i])
+        return len(self.ids[i]) + 1 <= self.cfg.max_context
+
+
 def collect(
     envs: list[Env],
     seeds: list[int],
@@ -217,39 +292,33 @@ def collect(
     rollout workers collect this way: one bad env instance does not stop a run).
 
     ``full`` context with an append-only template stitches one growing token sequence
-    per episode (the engine's cross-turn KV cache extends it); every other case rebuilds
-    each turn's context (``turn_context``) and records it on the turn (``context_ids``)."""
+    per episode (``_Stitched``); every other case rebuilds each turn's context
+    (``_Rebuilt``, see ``turn_context``) and records it on the turn (``context_ids``)."""
     _check_on_env_error(on_env_error)
-    if cfg.context != "full" or not chat.append_only:
-        return _collect_rebuilt(envs, seeds, group_ids, engine, chat, cfg, prefixes, on_env_error)
-    episodes, contexts, pending, live = [], [], [], []
+    ctx = (_Stitched if cfg.context == "full" and chat.append_only else _Rebuilt)(cfg, chat)
+    episodes, live = [], []
     for i, (env, seed, gid) in enumerate(zip(envs, seeds, group_ids)):
         ep = Episode(turns=[], group_id=gid, seed=seed)
         episodes.append(ep)
-        contexts.append([])
-        pending.append([])
         try:
-            opening = env_call(env, seed, None)
+            opening = ctx.begin(i, list(env_call(env, seed, None)))
             ep.messages, ep.gold_answer = list(opening), getattr(env, "gold_answer", lambda: None)()
-            obs = chat.prompt_ids(opening)
-            ctx = list(obs)
             for text in (prefixes[i] if prefixes else []):
                 action = chat.replay_ids(text)  # ends with the template's own end-of-turn token
-                step = env_call(env, seed, len(ep.turns) + 1, text)
-                ep.turns.append(Turn(obs, action, [0.0] * len(action), text, step.reward, frozen=True,
-                                     info=step.record(), feedback=list(step.messages)))
+                shown, missing = ctx.shown(i, text)
+                step = env_call(env, seed, len(ep.turns) + 1, shown)
+                ep.turns.append(Turn(action_ids=action, action_logprobs=[0.0] * len(action), text=text,
+                                     reward=step.reward, void=missing, frozen=True, info=ctx.info(step, missing),
+                                     feedback=list(step.messages), **ctx.turn_ids(i)))
                 ep.messages += [Message("assistant", text), *step.messages]
-                ctx += action
                 if step.terminated or step.truncated or len(ep.turns) >= env.max_turns:
                     raise ValueError(f"prefix of env {i} ends the episode; it cannot start a group")
-                obs = chat.continuation_ids(step.messages, True, action[-1])
-                ctx += obs
+                ctx.advance(i, action, text, True, list(step.messages))
         except EnvStepError as err:
             if on_env_error == "raise":
                 raise
             fail_episode(ep, err)
             continue
-        contexts[i], pending[i] = ctx, obs
         live.append(i)
 
     member = member_index(seeds, group_ids)
@@ -257,118 +326,27 @@ def collect(
     while live:
         sp = turn_sampling(cfg, turn)
         temp = sp.temperature
-        states, results, texts, latency = _sample(envs, live, contexts, sp, cfg, seeds, member, engine, chat)
+        states, results, texts, latency = _sample(envs, live, ctx.ids, sp, cfg, seeds, member, engine, chat)
+        seen = [ctx.shown(i, t) for i, t in zip(live, texts)]
+        env_texts = [ActionText(shown, cut_off=t.cut_off) for (shown, _), t in zip(seen, texts)]
+        steps = step_envs([envs[i] for i in live], env_texts, [seeds[i] for i in live], turn,  # model output never
+                          on_env_error)  # crashes a run: envs parse defensively
         still = []
-        steps = step_envs([envs[i] for i in live], texts, [seeds[i] for i in live], turn,  # model output never crashes
-                          on_env_error)  # a run: envs parse defensively
-        for i, res, text, step, state in zip(live, results, texts, steps, states):
+        for i, res, text, (_, missing), step, state in zip(live, results, texts, seen, steps, states):
             ep = episodes[i]
             if isinstance(step, EnvStepError):
                 fail_episode(ep, step)
                 continue
-            contexts[i] += res.token_ids
             if add_turn(ep, Turn(
-                obs_ids=pending[i], action_ids=res.token_ids, action_logprobs=res.logprobs, text=str(text),
-                reward=float(step.reward), void=not step.valid,
-                cut_by_length=not res.stopped, temperature=temp if temp > 0 else 1.0, info=step.record(),
-                feedback=list(step.messages), latency_s=latency, state=state,
+                action_ids=res.token_ids, action_logprobs=res.logprobs, text=str(text), reward=float(step.reward),
+                void=not step.valid or missing, cut_by_length=not res.stopped, temperature=temp if temp > 0 else 1.0,
+                info=ctx.info(step, missing), feedback=list(step.messages), latency_s=latency, state=state,
+                **ctx.turn_ids(i),
             ), step, envs[i].max_turns):
                 continue
-            obs = chat.continuation_ids(step.messages, res.stopped, res.token_ids[-1] if res.token_ids else None)
-            if len(contexts[i]) + len(obs) + 1 > cfg.max_context:
+            if not ctx.advance(i, res.token_ids, str(text), res.stopped, list(step.messages)):
                 ep.truncated, ep.truncated_by = True, "context"
                 continue
-            pending[i] = obs
-            contexts[i] += obs
-            still.append(i)
-        live = still
-        turn += 1
-    engine.release()
-    for ep, env in zip(episodes, envs):
-        ep.task_id = getattr(getattr(env, "task", None), "id", "")
-    return episodes
-
-
-def _collect_rebuilt(envs, seeds, group_ids, engine, chat: ChatFormat, cfg: RolloutConfig, prefixes,
-                     on_env_error: str = "raise") -> list[Episode]:
-    """``collect`` for contexts rebuilt every turn (see ``turn_context``). Markovian: the
-    env sees each reply without its state block; a reply with no complete state block is
-    a void turn (``info["state_missing"]``) and the previous state is kept."""
-    markov = cfg.context == "markovian"
-    episodes, openings, pasts, states, pending, live = [], [], [], [], [], []
-
-    def reply_state(i: int, text: str) -> tuple[str, bool]:
-        """(what the env sees, state block missing); updates the episode's state."""
-        if not markov:
-            return text, False
-        found, rest = split_state(text, cfg.state_tag)
-        if found is not None:
-            states[i] = found
-        return rest, found is None
-
-    for i, (env, seed, gid) in enumerate(zip(envs, seeds, group_ids)):
-        ep = Episode(turns=[], group_id=gid, seed=seed)
-        episodes.append(ep)
-        openings.append([])
-        pasts.append([])
-        states.append(None)
-        pending.append([])
-        try:
-            opening = list(env_call(env, seed, None))
-            if markov and opening:
-                last = opening[-1]
-                opening[-1] = Message(last.role, last.content + state_instruction(cfg.state_tag))
-            ep.messages, ep.gold_answer = list(opening), getattr(env, "gold_answer", lambda: None)()
-            openings[i] = opening
-            for text in (prefixes[i] if prefixes else []):
-                ctx = turn_context(cfg, chat, opening, pasts[i], states[i])
-                action = chat.replay_ids(text)
-                env_text, missing = reply_state(i, text)
-                step = env_call(env, seed, len(ep.turns) + 1, env_text)
-                info = {**step.record(), **({"state_missing": missing} if markov else {})}
-                ep.turns.append(Turn(ctx, action, [0.0] * len(action), text, step.reward, void=missing, frozen=True,
-                                     info=info, feedback=list(step.messages), context_ids=ctx))
-                ep.messages += [Message("assistant", text), *step.messages]
-                pasts[i].append(_Past(text, action, True, list(step.messages)))
-                if step.terminated or step.truncated or len(ep.turns) >= env.max_turns:
-                    raise ValueError(f"prefix of env {i} ends the episode; it cannot start a group")
-        except EnvStepError as err:
-            if on_env_error == "raise":
-                raise
-            fail_episode(ep, err)
-            continue
-        pending[i] = turn_context(cfg, chat, opening, pasts[i], states[i])
-        live.append(i)
-
-    member = member_index(seeds, group_ids)
-    turn = 0
-    while live:
-        sp = turn_sampling(cfg, turn)
-        temp = sp.temperature
-        env_states, results, texts, latency = _sample(envs, live, pending, sp, cfg, seeds, member, engine, chat)
-        seen = [reply_state(i, t) for i, t in zip(live, texts)]
-        env_texts = [ActionText(shown, cut_off=t.cut_off) for (shown, _), t in zip(seen, texts)]
-        steps = step_envs([envs[i] for i in live], env_texts, [seeds[i] for i in live], turn, on_env_error)
-        still = []
-        for i, res, text, (_, missing), step, state in zip(live, results, texts, seen, steps, env_states):
-            ep, ctx = episodes[i], pending[i]
-            if isinstance(step, EnvStepError):
-                fail_episode(ep, step)
-                continue
-            info = {**step.record(), **({"state_missing": missing} if markov else {})}
-            if add_turn(ep, Turn(
-                obs_ids=ctx, action_ids=res.token_ids, action_logprobs=res.logprobs, text=str(text),
-                reward=float(step.reward), void=not step.valid or missing,
-                cut_by_length=not res.stopped, temperature=temp if temp > 0 else 1.0, info=info,
-                feedback=list(step.messages), latency_s=latency, state=state, context_ids=ctx,
-            ), step, envs[i].max_turns):
-                continue
-            pasts[i].append(_Past(str(text), res.token_ids, res.stopped, list(step.messages)))
-            nxt = turn_context(cfg, chat, openings[i], pasts[i], states[i])
-            if len(nxt) + 1 > cfg.max_context:
-                ep.truncated, ep.truncated_by = True, "context"
-                continue
-            pending[i] = nxt
             still.append(i)
         live = still
         turn += 1
