@@ -127,6 +127,12 @@ def test_a_negative_prefix_cache_budget_is_a_config_error(capsys):
     assert "--prefix-cache-tokens -1: must be >= 0 (0 = off)" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("cmd", [["envs"], ["algos"], ["report", "runs/x"], ["serve", "smollm2-135m"]])
+def test_a_command_without_a_run_config_refuses_overrides(cmd, capsys):
+    assert main([*cmd, "--algo.name", "rloo"]) == 2
+    assert f"turnrl {cmd[0]} takes no config overrides: --algo.name rloo" in capsys.readouterr().err
+
+
 def test_no_arguments_prints_the_commands(capsys):
     assert main([]) == 0
     out = capsys.readouterr().out

@@ -131,90 +131,97 @@ def main(argv: list[str] | None = None) -> int:
         return 1
 
 
-def _dispatch(args, rest: list[str]) -> int:
-    if args.cmd == "envs":
-        from turnrl.envs import registered
+def _envs(args, rest: list[str]) -> int:
+    from turnrl.envs import registered
 
-        for name, factory in sorted(registered().items()):
-            print(describe_env(name, factory))
-        return 0
-    if args.cmd == "algos":
-        from turnrl.algos import ALGORITHMS
-        from turnrl.algos.base import COMMON_FIELDS
+    _no_overrides("envs", rest)
+    for name, factory in sorted(registered().items()):
+        print(describe_env(name, factory))
+    return 0
 
-        print(f"common [algo] fields: {', '.join(sorted(COMMON_FIELDS - {'name'}))}")
-        for name, a in ALGORITHMS.items():
-            paper = f" (arXiv {a.paper})" if a.paper else ""
-            print(f"{name}{paper}: {a.summary}")
-            print(f"    reads: {', '.join(sorted(a.reads)) or '-'}; needs: {', '.join(sorted(a.needs)) or '-'}")
-        return 0
-    if args.cmd == "check-env":
-        import warnings
 
-        from turnrl.build import env_factory, has_split
-        from turnrl.envs import EnvCheckError, check_env, check_split
+def _algos(args, rest: list[str]) -> int:
+    from turnrl.algos import ALGORITHMS
+    from turnrl.algos.base import COMMON_FIELDS
 
-        cfg = load_config(args.config, ["--env.name", args.env, *rest])
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # the notes are printed below
-                notes = check_env(env_factory(cfg, "train")())
-            if has_split(cfg):
-                notes.append(check_split(env_factory(cfg, "train"), env_factory(cfg, "eval")))
-            else:
-                notes.append("the env class takes no 'split': its eval seeds start at 10**9, its instances may repeat")
-        except EnvCheckError as e:
-            print(f"{args.env}: FAILED: {e}", file=sys.stderr)
-            return 1
-        for note in notes:
-            print(f"{args.env}: note: {note}")
-        print(f"{args.env}: ok")
-        return 0
-    if args.cmd == "serve":
-        if rest:
-            raise ConfigError(f"turnrl serve takes no config overrides: {' '.join(rest)}")
-        if args.prefix_cache_tokens < 0:
-            raise ConfigError(f"--prefix-cache-tokens {args.prefix_cache_tokens}: must be >= 0 (0 = off)")
-        from turnrl.serve import serve
+    _no_overrides("algos", rest)
+    print(f"common [algo] fields: {', '.join(sorted(COMMON_FIELDS - {'name'}))}")
+    for name, a in ALGORITHMS.items():
+        paper = f" (arXiv {a.paper})" if a.paper else ""
+        print(f"{name}{paper}: {a.summary}")
+        print(f"    reads: {', '.join(sorted(a.reads)) or '-'}; needs: {', '.join(sorted(a.needs)) or '-'}")
+    return 0
 
-        serve(args.model, host=args.host, port=args.port, name=args.name, max_context=args.max_context,
-              max_batch=args.max_batch, threads=args.threads, prefix_cache_tokens=args.prefix_cache_tokens,
-              engine=args.engine)
-        return 0
-    if args.cmd == "report":
-        if rest:
-            raise ConfigError(f"turnrl report takes no config overrides: {' '.join(rest)}")
-        from turnrl.report import build_report
 
-        print(build_report(args.run_dir, args.out))
-        return 0
-    if getattr(args, "model_name", None):
-        rest = [*rest, "--model.name", args.model_name]
-    if getattr(args, "engine", None):
-        rest = [*rest, "--scale.engine", args.engine]
-    cfg = load_config(args.config, rest)
-    if args.cmd == "eval":
-        return _eval(args, cfg)
-    if args.cmd == "train":
-        from turnrl.trainer import Trainer
+def _check_env(args, rest: list[str]) -> int:
+    import warnings
 
-        summary = Trainer(cfg).train(resume=args.resume)
-        print(json.dumps(summary, indent=2))
-        return 0
+    from turnrl.build import env_factory, has_split
+    from turnrl.envs import EnvCheckError, check_env, check_split
+
+    cfg = load_config(args.config, ["--env.name", args.env, *rest])
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the notes are printed below
+            notes = check_env(env_factory(cfg, "train")())
+        if has_split(cfg):
+            notes.append(check_split(env_factory(cfg, "train"), env_factory(cfg, "eval")))
+        else:
+            notes.append("the env class takes no 'split': its eval seeds start at 10**9, its instances may repeat")
+    except EnvCheckError as e:
+        print(f"{args.env}: FAILED: {e}", file=sys.stderr)
+        return 1
+    for note in notes:
+        print(f"{args.env}: note: {note}")
+    print(f"{args.env}: ok")
+    return 0
+
+
+def _serve(args, rest: list[str]) -> int:
+    _no_overrides("serve", rest)
+    if args.prefix_cache_tokens < 0:
+        raise ConfigError(f"--prefix-cache-tokens {args.prefix_cache_tokens}: must be >= 0 (0 = off)")
+    from turnrl.serve import serve
+
+    serve(args.model, host=args.host, port=args.port, name=args.name, max_context=args.max_context,
+          max_batch=args.max_batch, threads=args.threads, prefix_cache_tokens=args.prefix_cache_tokens,
+          engine=args.engine)
+    return 0
+
+
+def _report(args, rest: list[str]) -> int:
+    from turnrl.report import build_report
+
+    _no_overrides("report", rest)
+    print(build_report(args.run_dir, args.out))
+    return 0
+
+
+def _train(args, cfg) -> int:
+    from turnrl.trainer import Trainer
+
+    summary = Trainer(cfg).train(resume=args.resume)
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+def _rollout(args, cfg) -> int:
     from turnrl.build import build_engine, build_policy, env_factory, for_sampling
+    from turnrl.rollout import RolloutConfig, collect
 
     make = env_factory(cfg, "train")  # bad data fails before the model loads
     model, tok = build_policy(cfg)
     engine, chat = build_engine(for_sampling(model, cfg, "sampling"), tok, cfg.scale.engine, cfg.scale.vllm_kwargs)
-    if args.cmd == "rollout":
-        from turnrl.rollout import RolloutConfig, collect
+    eps = collect([make() for _ in range(args.n)], list(range(args.n)), list(range(args.n)), engine, chat,
+                  RolloutConfig.from_section(cfg.rollout, cfg.train.seed))
+    for ep in eps:
+        print(format_episode(ep, tok))
+    return 0
 
-        eps = collect([make() for _ in range(args.n)], list(range(args.n)), list(range(args.n)), engine, chat,
-                      RolloutConfig.from_section(cfg.rollout, cfg.train.seed))
-        for ep in eps:
-            print(format_episode(ep, tok))
-        return 0
-    raise AssertionError(args.cmd)
+
+def _no_overrides(cmd: str, rest: list[str]) -> None:
+    if rest:
+        raise ConfigError(f"turnrl {cmd} takes no config overrides: {' '.join(rest)}")
 
 
 def _slug(text: str) -> str:
@@ -311,6 +318,22 @@ def format_episode(ep, tok) -> str:
                      f"correct={t.info.get('correct')} {' '.join(flags)}")
         lines.append(f"{ctx}[[{act}]]")
     return "\n".join(lines)
+
+
+
+#: commands that read no run config (check-env builds its own), and those that run one
+_WITHOUT_CONFIG = {"envs": _envs, "algos": _algos, "check-env": _check_env, "serve": _serve, "report": _report}
+_WITH_CONFIG = {"eval": _eval, "train": _train, "rollout": _rollout}
+
+
+def _dispatch(args, rest: list[str]) -> int:
+    if args.cmd in _WITHOUT_CONFIG:
+        return _WITHOUT_CONFIG[args.cmd](args, rest)
+    if getattr(args, "model_name", None):
+        rest = [*rest, "--model.name", args.model_name]
+    if getattr(args, "engine", None):
+        rest = [*rest, "--scale.engine", args.engine]
+    return _WITH_CONFIG[args.cmd](args, load_config(args.config, rest))
 
 
 if __name__ == "__main__":
