@@ -316,6 +316,21 @@ def test_bf16_samples_and_trains_in_bf16_with_fp32_master_weights(tmp_path, toke
     moved = masters[n] != before[n]
     lost = after[n] == before[n].to(torch.bfloat16)
     assert (moved & lost).any()
+    assert all(0 < r["bf16_weights_changed"] < 0.5 for r in rows)  # most of each step stays in the masters
+
+
+def test_rounding_the_masters_reports_the_share_of_bf16_weights_that_changed():
+    from turnrl.learner import MasterWeights
+
+    lin = torch.nn.Linear(4, 1, bias=False)
+    with torch.no_grad():
+        lin.weight.fill_(1.0)  # bf16 spacing at 1.0 is 2^-7 = 0.0078125: a master rounds up past 1.0039
+    mw = MasterWeights(lin)
+    with torch.no_grad():
+        mw.masters[0] += torch.tensor([[0.0, 1e-3, 5e-3, 1e-2]])
+    assert mw.round_into_model() == 0.5  # 1.0 and 1.001 stay 1.0; 1.005 and 1.01 become 1.0078125
+    assert lin.weight.tolist() == [[1.0, 1.0, 1.0078125, 1.0078125]]
+    assert mw.round_into_model() == 0.0  # nothing moved since
 
 
 def test_bf16_resume_equals_an_uninterrupted_run(tmp_path, tokenizer):

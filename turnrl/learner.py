@@ -64,9 +64,18 @@ class MasterWeights:
                 p.grad = None
 
     @torch.no_grad()
-    def round_into_model(self) -> None:
+    def round_into_model(self) -> float:
+        """Round the masters into the model; return the share of the trained weights whose
+        bf16 value changed. With a small learning rate most steps are below bf16's spacing
+        (2^-8 of a weight's size): the masters keep them until they add up, and a weight in
+        the model moves only when its master crosses a rounding boundary."""
+        changed, total = 0, 0
         for p, m in zip(self.params, self.masters):
-            p.copy_(m)
+            new = m.detach().to(p.dtype)
+            changed += int((new != p).sum())
+            total += p.numel()
+            p.copy_(new)
+        return changed / max(1, total)
 
     def state_dict(self) -> list[torch.Tensor]:
         return [m.detach().clone() for m in self.masters]
@@ -198,6 +207,8 @@ class Learner:
             "ratio_mean": sums["ratio"] / n_tok, "trained_tokens": sums["tokens"] / max(1, n_steps) * 1.0,
             "optimizer_steps": float(n_steps), "nan_skipped": float(sums["nan_skipped"] > 0),
         })
+        if self.master is not None:  # share of the bf16 weights an optimizer step changed, on average
+            stats["bf16_weights_changed"] = sums["bf16_weights_changed"] / max(1, n_steps)
         if sums["audit_tokens"]:  # sampler vs learner log-probs of the trained tokens, before any update
             stats["sampler_drift_mean"] = sums["audit_sum"] / sums["audit_tokens"]
             stats["sampler_drift_max"] = sums["audit_max"]
@@ -246,7 +257,7 @@ class Learner:
         else:
             self.opt.step()
             if self.master is not None:
-                self.master.round_into_model()
+                sums["bf16_weights_changed"] += self.master.round_into_model()
         self.sched.step()
         return grad_norm, sums
 
