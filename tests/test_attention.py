@@ -13,7 +13,7 @@ from turnrl.models import load_model
 GQA = types.SimpleNamespace(num_key_value_groups=2, is_causal=True)  # 4 query heads over 2 KV heads
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])  # fp32: via SDPA; bf16: the matmul path
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_uniform_query_averages_the_unmasked_values(dtype):
     # a zero query scores every slot 0, so attention is the mean of the values it may see
     q = torch.zeros(1, 4, 1, 2, dtype=dtype)
@@ -26,17 +26,17 @@ def test_uniform_query_averages_the_unmasked_values(dtype):
     assert torch.equal(out[0, 0], expected)
 
 
-def test_masked_calls_take_the_matmul_path_in_bf16_and_sdpa_in_fp32(monkeypatch):
+def test_short_queries_take_the_matmul_path_and_long_ones_sdpa(monkeypatch):
     import transformers.integrations.sdpa_attention as hf_sdpa
 
     calls = []
-    monkeypatch.setattr(hf_sdpa, "sdpa_attention_forward", lambda *a, **k: calls.append(a[1].dtype) or (a[1], None))
-    mask = torch.ones(2, 1, 1, 6, dtype=torch.bool)
+    monkeypatch.setattr(hf_sdpa, "sdpa_attention_forward", lambda *a, **k: calls.append(a[1].shape[2]) or (a[1], None))
     for dtype in (torch.float32, torch.bfloat16):
-        q, k, v = torch.randn(2, 4, 1, 8).to(dtype), torch.randn(2, 2, 6, 8).to(dtype), torch.randn(2, 2, 6, 8).to(dtype)
-        short_query_attention(GQA, q, k, v, mask)  # padded rows
-        short_query_attention(GQA, q, k, v, None)  # no padding: the matmul path in both
-    assert calls == [torch.float32]
+        for n, mask in ((1, torch.ones(2, 1, 1, 40, dtype=torch.bool)), (1, None), (SHORT_QUERY, torch.ones(2, 1, SHORT_QUERY, 40, dtype=torch.bool)),
+                        (SHORT_QUERY + 1, torch.ones(2, 1, SHORT_QUERY + 1, 40, dtype=torch.bool)), (2, None)):
+            q, k, v = (torch.randn(2, 4, n, 8).to(dtype), torch.randn(2, 2, 40, 8).to(dtype), torch.randn(2, 2, 40, 8).to(dtype))
+            short_query_attention(GQA, q, k, v, mask)
+    assert calls == [SHORT_QUERY + 1, 2] * 2  # a long query, and an unmasked one longer than 1 (causal: SDPA's)
 
 
 def test_one_key_gets_all_the_weight_when_its_score_dominates():

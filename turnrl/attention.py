@@ -9,13 +9,12 @@ SmolLM2-135M (9 query heads over 3 KV heads):
   SDPA function calls ``scaled_dot_product_attention`` with ``enable_gqa``, which is slow
   on a CPU in bf16 (batch 32, 90 cached slots: 1.39 ms per layer against 0.37;
   ``bench/cpu_costs.py``);
-- in bf16, also queries of up to ``SHORT_QUERY`` tokens with a mask (padded rows, the
-  suffix a new turn adds). Per call SDPA looks as fast there, but over whole rollouts this
-  path is faster: 32 five-turn greedy episodes (``bench/engines.py``'s workload) ran at
-  225–237 action tokens/s against 136–149 with transformers 5.19 (vLLM's venv), and
-  202–223 against 194–200 with 5.24;
-- in fp32, masked queries go to SDPA: over the same rollouts the two were within this
-  machine's run-to-run noise (the same code gave 124 and 147 tokens/s).
+- queries of up to ``SHORT_QUERY`` tokens with a mask (padded rows, the suffix a new turn
+  adds). Per call SDPA looks as fast there, but over whole rollouts (32 five-turn greedy
+  episodes, ``bench/engines.py``'s workload) this path was faster with transformers 5.19
+  (vLLM's venv): 225–237 against 136–149 action tokens/s in bf16, 111–132 against 70–107
+  in fp32. With transformers 5.24 it was 202–223 against 194–200 in bf16 and within
+  this machine's run-to-run noise in fp32 (113–128 against 114–127).
 
 Longer queries (prefill, the learner's full sequences) and calls with features this path
 lacks (dropout, soft-capping, attention sinks, position bias) go to transformers' SDPA
@@ -41,8 +40,7 @@ def short_query_attention(module, query, key, value, attention_mask, dropout: fl
     b, h, q, d = query.shape
     kv, length = key.shape[1], key.shape[2]
     special = dropout or any(kwargs.get(k) is not None for k in ("softcap", "s_aux", "sinks", "position_bias"))
-    fp32_masked = attention_mask is not None and query.dtype == torch.float32  # SDPA is as fast there
-    if q > SHORT_QUERY or special or (attention_mask is None and q > 1) or h % kv or fp32_masked \
+    if q > SHORT_QUERY or special or (attention_mask is None and q > 1) or h % kv \
             or (attention_mask is not None and attention_mask.dtype != torch.bool):
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout,
                                       scaling=scaling, is_causal=is_causal, **kwargs)
