@@ -1,0 +1,70 @@
+"""What the held-out arithmetic evaluation (configs/ufo_demo.toml's [eval]) feeds the model,
+and how long that takes: every forward call of the in-process engine is counted and timed,
+split into prefill calls (a chunk of more than one token for some row) and decode steps
+(one token a row). The model runs in bf16 (what ``model.dtype = "bf16"`` evaluates with)
+unless ``--dtype fp32``; ``--pass-n`` sets the Pass@5 samples per question (5, as when
+issue 10 was filed; the config's default is 10).
+
+    python bench/eval_profile.py [--dtype bf16|fp32] [--pass-n 5]
+Writes bench/results/eval_profile.json (``--dtype fp32``: eval_profile_fp32.json).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import torch
+
+from turnrl.build import build_engine
+from turnrl.config import load_config
+from turnrl.evaluate import EngineRunner, evaluate
+from turnrl.models import load_model, load_tokenizer
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--dtype", choices=["bf16", "fp32"], default="bf16")
+    ap.add_argument("--pass-n", type=int, default=5, help="Pass@5 samples per question (default 5)")
+    a = ap.parse_args(argv)
+    model = load_model("smollm2-135m")
+    if a.dtype == "bf16":
+        model = model.to(torch.bfloat16)
+    engine, chat = build_engine(model, load_tokenizer("smollm2-135m"))
+    calls = {"prefill": {"calls": 0, "tokens": 0, "seconds": 0.0}, "decode": {"calls": 0, "tokens": 0, "seconds": 0.0}}
+    forward = engine._forward
+
+    def counted(chunks, real=None):  # the engine's one entry to the model
+        t0 = time.perf_counter()
+        out = forward(chunks, real)
+        c = calls["decode" if max(len(x) for x in chunks) == 1 else "prefill"]
+        c["calls"] += 1
+        c["tokens"] += sum(len(x) for x, r in zip(chunks, real or [True] * len(chunks)) if r)
+        c["seconds"] += time.perf_counter() - t0
+        return out
+
+    engine._forward = counted
+    cfg = load_config(ROOT / "configs/ufo_demo.toml", ["--eval.pass_n", str(a.pass_n)])
+    result = evaluate(EngineRunner(engine, chat), cfg)
+    total = result.metrics["eval_seconds"]
+    for c in calls.values():
+        c["seconds"] = round(c["seconds"], 2)
+        c["tokens_per_second"] = round(c["tokens"] / max(c["seconds"], 1e-9), 1)
+    out = {
+        "model": "smollm2-135m (untrained)", "dtype": a.dtype, "threads": torch.get_num_threads(),
+        "config": "configs/ufo_demo.toml", "episodes": len(result.episodes), "pass_n": a.pass_n,
+        "eval_seconds": round(total, 2), "model_calls": calls,
+        "outside_the_model_seconds": round(total - calls["prefill"]["seconds"] - calls["decode"]["seconds"], 2),
+        "collapse_seconds": round(result.metrics.get("collapse_seconds", 0.0), 2),
+    }
+    path = ROOT / "bench" / "results" / ("eval_profile.json" if a.dtype == "bf16" else "eval_profile_fp32.json")
+    path.write_text(json.dumps(out, indent=2))
+    print(json.dumps(out, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
