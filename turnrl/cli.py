@@ -320,7 +320,6 @@ def format_episode(ep, tok) -> str:
     return "\n".join(lines)
 
 
-
 #: commands that read no run config (check-env builds its own), and those that run one
 _WITHOUT_CONFIG = {"envs": _envs, "algos": _algos, "check-env": _check_env, "serve": _serve, "report": _report}
 _WITH_CONFIG = {"eval": _eval, "train": _train, "rollout": _rollout}

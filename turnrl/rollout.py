@@ -227,7 +227,7 @@ class _Stitched:
         """Extend episode ``i`` by its action and the env's answer; False when the next
         action would have no room in ``max_context``."""
         self.obs[i] = self.chat.continuation_ids(feedback, stopped, action[-1] if action else None)
-        self.ids[i] = self.ids[i] + action + self.obs[i]
+        self.ids[i] += action + self.obs[i]  # in place: each request copies it
         return len(self.ids[i]) + 1 <= self.cfg.max_context
 
 

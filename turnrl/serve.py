@@ -79,7 +79,7 @@ class Batcher(_EngineThread):
     that join, so arrivals are admitted together: once they are a quarter of the running
     rows, or the oldest has waited ``admit_after_steps`` decode steps. A multi-turn client's
     conversations come back a few steps apart; admitting each one alone made 33 prefill calls
-    where the in-process engine makes 6 (bench/eval_default.py's HTTP run)."""
+    where the in-process engine makes 6 (a one-off count of bench/eval_default.py's HTTP run)."""
 
     def __init__(self, engine, max_batch: int = 32, wait_s: float = 0.01, admit_after_steps: int = 4):
         self.batch = ContinuousBatch(engine)
