@@ -198,20 +198,14 @@ def _sample(envs, live: list[int], contexts: list[list[int]], sp: SamplingParams
     return states, results, texts, latency
 
 
-class _Stitched:
-    """``full`` context with an append-only template: one growing token sequence per
-    episode (the engine's cross-turn KV cache extends it). A turn records only the ids
-    added since the previous action (``obs_ids``)."""
+class _Context:
+    """How an episode's next context is made; ``ids[i]``: the ids episode ``i``'s next action
+    is sampled after. ``collect`` calls ``begin`` once, then ``shown`` / ``info`` /
+    ``turn_ids`` / ``advance`` every turn."""
 
     def __init__(self, cfg: RolloutConfig, chat: ChatFormat):
         self.cfg, self.chat = cfg, chat
-        self.ids: dict[int, list[int]] = {}  # episode -> the ids its next action is sampled after
-        self.obs: dict[int, list[int]] = {}  # episode -> the ids added since its last action
-
-    def begin(self, i: int, opening: list[Message]) -> list[Message]:
-        self.obs[i] = self.chat.prompt_ids(opening)
-        self.ids[i] = list(self.obs[i])
-        return opening
+        self.ids: dict[int, list[int]] = {}
 
     def shown(self, i: int, text: str) -> tuple[str, bool]:
         """(what the env sees of the reply, its state block missing)"""
@@ -219,6 +213,21 @@ class _Stitched:
 
     def info(self, step: Step, missing: bool) -> dict:
         return step.record()
+
+
+class _Stitched(_Context):
+    """``full`` context with an append-only template: one growing token sequence per
+    episode (the engine's cross-turn KV cache extends it). A turn records only the ids
+    added since the previous action (``obs_ids``)."""
+
+    def __init__(self, cfg: RolloutConfig, chat: ChatFormat):
+        super().__init__(cfg, chat)
+        self.obs: dict[int, list[int]] = {}  # episode -> the ids added since its last action
+
+    def begin(self, i: int, opening: list[Message]) -> list[Message]:
+        self.obs[i] = self.chat.prompt_ids(opening)
+        self.ids[i] = list(self.obs[i])
+        return opening
 
     def turn_ids(self, i: int) -> dict:
         return {"obs_ids": self.obs[i]}
@@ -231,7 +240,7 @@ class _Stitched:
         return len(self.ids[i]) + 1 <= self.cfg.max_context
 
 
-class _Rebuilt(_Stitched):
+class _Rebuilt(_Context):
     """Every other case: each turn's context is rebuilt (``turn_context``) and recorded on
     the turn (``context_ids``). Markovian: the env sees each reply without its state block;
     a reply with no complete state block is a void turn (``info["state_missing"]``) and the
