@@ -3,7 +3,9 @@ naive approach (re-encode the whole conversation each turn with ``model.generate
 in fp32 and with the model in bf16 (what ``model.dtype = "bf16"`` samples with); tokens
 are compared between the two where the dtype is the same. Both use the model as
 ``load_model`` returns it (turnrl's short-query attention included), so the ratio
-measures the engine alone.
+measures the engine alone. A third run per dtype, ``engine_stock_sdpa``, is the engine
+with the model switched back to transformers' own SDPA attention: the A/B of
+``turnrl/attention.py`` over whole rollouts.
 
 Same model (SmolLM2-135M-Instruct), same 5-turn episodes (greedy decoding, a task no
 reply can solve, so every episode runs all 5 turns), same batch. Writes
@@ -18,6 +20,7 @@ from pathlib import Path
 
 import torch
 
+from turnrl.attention import NAME as ATTENTION
 from turnrl.build import build_engine
 from turnrl.engine.base import SamplingParams
 from turnrl.envs import ArithmeticTasks, RetryEnv, Task
@@ -44,6 +47,15 @@ class Unsolvable:
 
 def envs(n: int = EPISODES):
     return [RetryEnv(Unsolvable(), max_turns=TURNS) for _ in range(n)]
+
+
+def run_engine_stock_sdpa(model, tok, n: int = EPISODES):
+    """``run_engine`` with transformers' SDPA attention instead of ``turnrl/attention.py``'s."""
+    model.set_attn_implementation("sdpa")
+    try:
+        return run_engine(model, tok, n)
+    finally:
+        model.set_attn_implementation(ATTENTION)
 
 
 def run_engine(model, tok, n: int = EPISODES):
@@ -93,7 +105,7 @@ def main() -> int:
     actions = {}
     for name, model in (("fp32", fp32), ("bf16", copy.deepcopy(fp32).to(torch.bfloat16))):  # bf16: model.dtype = "bf16"
         row = {}
-        for how, run in (("engine", run_engine), ("naive_generate", run_naive)):
+        for how, run in (("engine", run_engine), ("naive_generate", run_naive), ("engine_stock_sdpa", run_engine_stock_sdpa)):
             run(model, tok, n=4)  # warm-up, untimed: the first calls in a dtype set up its kernels
             seconds, acts = run(model, tok)
             n = sum(len(x) for ep in acts for x in ep)
@@ -102,6 +114,9 @@ def main() -> int:
         same = sum(x == y for ea, eb in zip(actions[name, "engine"], actions[name, "naive_generate"]) for x, y in zip(ea, eb))
         row["identical_turns"] = f"{same}/{sum(len(ep) for ep in actions[name, 'engine'])}"
         row["speedup"] = round(row["engine"]["tokens_per_second"] / row["naive_generate"]["tokens_per_second"], 2)
+        same = sum(x == y for ea, eb in zip(actions[name, "engine"], actions[name, "engine_stock_sdpa"]) for x, y in zip(ea, eb))
+        row["identical_turns_stock_sdpa"] = f"{same}/{sum(len(ep) for ep in actions[name, 'engine'])}"
+        row["attention_speedup"] = round(row["engine"]["tokens_per_second"] / row["engine_stock_sdpa"]["tokens_per_second"], 2)
         result[name] = row
     tps = lambda name, how: result[name][how]["tokens_per_second"]
     result["speedup_bf16_engine_vs_fp32_naive"] = round(tps("bf16", "engine") / tps("fp32", "naive_generate"), 2)

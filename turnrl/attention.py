@@ -12,9 +12,9 @@ SmolLM2-135M (9 query heads over 3 KV heads):
 - queries of up to ``SHORT_QUERY`` tokens with a mask (padded rows, the suffix a new turn
   adds). Per call SDPA looks as fast there, but over whole rollouts (32 five-turn greedy
   episodes, ``bench/engines.py``'s workload) this path was faster with transformers 5.19
-  (vLLM's venv): 225–237 against 136–149 action tokens/s in bf16, 111–132 against 70–107
-  in fp32. With transformers 5.24 it was 202–223 against 194–200 in bf16 and within
-  this machine's run-to-run noise in fp32 (113–128 against 114–127).
+  (vLLM's venv, hand runs): 225–237 against 136–149 action tokens/s in bf16, 111–132
+  against 70–107 in fp32. With transformers 5.24 ``bench/rollout_throughput.py`` keeps
+  the A/B (``engine_stock_sdpa``): 137.9 against 117.8 in fp32, 195.9 against 190.4 in bf16.
 
 Longer queries (prefill, the learner's full sequences) and calls with features this path
 lacks (dropout, soft-capping, attention sinks, position bias) go to transformers' SDPA
