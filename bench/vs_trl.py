@@ -11,6 +11,7 @@ median over steps after the first (warm-up). Writes bench/results/vs_trl.json.
 from __future__ import annotations
 
 import json
+import shutil
 import statistics
 import sys
 import time
@@ -91,6 +92,9 @@ def main(argv: list[str]) -> int:
         return 2
     steps = int(argv[0]) if argv else 5
     tmp = ROOT / "runs" / "bench_vs_trl"
+    if tmp.exists():  # a benchmark is a fresh run: the trainer refuses to train over an earlier one
+        print(f"vs_trl: removing the earlier runs in {tmp}", file=sys.stderr)
+        shutil.rmtree(tmp)
     torch.manual_seed(0)
     ours = turnrl_seconds_per_step(steps, tmp / "turnrl")
     theirs = trl_seconds_per_step(steps, tmp / "trl")
