@@ -3,7 +3,9 @@
 Same model (SmolLM2-135M-Instruct; fp32, or both engines in bf16 with ``--dtype bf16``),
 same episodes: the default UFO retry env (arithmetic, "try again" feedback), EPISODES
 episodes of up to TURNS turns in one batch, once greedy and once sampled (temperature 0.7,
-one seed per episode). Each engine runs in its own process (an in-process vLLM on CPU
+one seed per episode). A third run, ``sampled_t0.7_same_work``, gives both engines exactly
+the same work: no stop ids (every turn runs to the token limit) and a task no reply solves
+(every episode runs all turns), so the sampled speeds compare like for like. Each engine runs in its own process (an in-process vLLM on CPU
 changes process-wide thread settings), one after the other; the parent compares their
 episodes: the share of turns with identical tokens (greedy) and the learner's audit of
 the vLLM log-probs (mean / max |vLLM - learner|).
@@ -42,7 +44,9 @@ def run_one(engine: str, dtype: str, episodes: int, turns: int, max_new: int, vl
 
     from turnrl.build import build_engine, env_factory
     from turnrl.config import load_config
+    from rollout_throughput import Unsolvable  # bench/: arithmetic whose reference no reply matches
     from turnrl.engine.base import SamplingParams
+    from turnrl.envs import RetryEnv
     from turnrl.models import load_tokenizer
     from turnrl.rollout import RolloutConfig, collect
 
@@ -56,11 +60,17 @@ def run_one(engine: str, dtype: str, episodes: int, turns: int, max_new: int, vl
     result = {"engine": engine, "build_seconds": round(build_s, 2), "threads": torch.get_num_threads(), "runs": {}}
     if engine == "vllm":
         result["dtype"] = eng.dtype
-    for name, sp in (("greedy", SamplingParams(temperature=0, max_new_tokens=max_new)),
-                     ("sampled_t0.7", SamplingParams(temperature=0.7, max_new_tokens=max_new, seed=0))):
+    sampled = SamplingParams(temperature=0.7, max_new_tokens=max_new, seed=0)
+    for name, sp, same_work in (("greedy", SamplingParams(temperature=0, max_new_tokens=max_new), False),
+                                ("sampled_t0.7", sampled, False), ("sampled_t0.7_same_work", sampled, True)):
+        envs = [RetryEnv(Unsolvable(), max_turns=turns) if same_work else make() for _ in seeds]
+        stops = eng.stop_ids
+        if same_work:
+            eng.stop_ids = type(stops)()  # no stop ids: every turn runs to max_new
         t0 = time.perf_counter()
-        eps = collect([make() for _ in seeds], seeds, seeds, eng, chat, RolloutConfig(sp, max_context=2048))
+        eps = collect(envs, seeds, seeds, eng, chat, RolloutConfig(sp, max_context=2048))
         dt = time.perf_counter() - t0
+        eng.stop_ids = stops
         n = sum(len(t.action_ids) for e in eps for t in e.turns)
         result["runs"][name] = {"seconds": round(dt, 2), "action_tokens": n, "turns": sum(len(e.turns) for e in eps),
                                 "tokens_per_second": round(n / dt, 1), "episodes": eps}

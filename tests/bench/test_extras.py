@@ -20,7 +20,8 @@ def _imports(path: Path) -> set[str]:
             mods |= {a.name.split(".")[0] for a in node.names}
         elif isinstance(node, ast.ImportFrom) and node.level == 0:
             mods.add(node.module.split(".")[0])
-    return mods - set(sys.stdlib_module_names) - {"turnrl", "__future__"}
+    siblings = {p.stem for p in (ROOT / "bench").glob("*.py")}  # another bench script (bench/ is on the path)
+    return mods - set(sys.stdlib_module_names) - {"turnrl", "__future__"} - siblings
 
 
 def test_bench_scripts_import_only_the_base_install_or_the_bench_extra():

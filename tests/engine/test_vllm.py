@@ -98,6 +98,26 @@ def test_stop_id_ends_the_turn_and_is_returned(setup):
     assert len(cut.token_ids) == 2 and not cut.stopped
 
 
+def test_without_stop_ids_both_engines_decode_to_the_token_limit(setup):
+    # the reply ends after a few tokens with the model's EOS (<|im_end|>); with no stop ids
+    # neither engine may stop there (vLLM would on its own, without ignore_eos)
+    model, tok, chat, hf, vl = setup
+    prompt = chat.prompt_ids([Message("user", "What is 2+3? Answer with the number only.")])
+    sp = SamplingParams(temperature=0, max_new_tokens=40)
+    (short,) = vl.generate([GenRequest(0, prompt)], sp)
+    assert short.stopped and len(short.token_ids) < 40
+    stops_v, stops_h = vl.stop_ids, hf.stop_ids
+    vl.stop_ids, hf.stop_ids = [], frozenset()
+    try:
+        (v,), (h,) = vl.generate([GenRequest(0, prompt)], sp), hf.generate([GenRequest(0, prompt)], sp)
+        hf.release()
+    finally:
+        vl.stop_ids, hf.stop_ids = stops_v, stops_h
+    assert len(v.token_ids) == len(h.token_ids) == 40 and not v.stopped and not h.stopped
+    assert v.token_ids[:len(short.token_ids)] == short.token_ids  # the EOS is in the reply, decoding went on
+    assert v.token_ids == h.token_ids
+
+
 def test_a_seeded_request_samples_the_same_tokens_alone_and_in_a_batch(setup):
     model, tok, chat, hf, vl = setup
     prompts = [chat.prompt_ids([Message("user", f"Tell me fact number {i} about the sea.")]) for i in range(8)]

@@ -176,6 +176,7 @@ class VLLMEngine:
                 max_tokens=int(r.max_new_tokens or sampling.max_new_tokens),
                 seed=None if greedy else (r.seed if r.seed is not None else mix_seed(sampling.seed, j)) % (2**63),
                 stop_token_ids=list(self.stop_ids),
+                ignore_eos=not self.stop_ids,  # no stop ids: decode to the token limit, as the HF engine does
                 logprobs=0,  # the sampled id's own log-prob only
                 detokenize=False,
                 skip_special_tokens=False,
