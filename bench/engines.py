@@ -5,8 +5,9 @@ same episodes: the default UFO retry env (arithmetic, "try again" feedback), EPI
 episodes of up to TURNS turns in one batch, once greedy and once sampled (temperature 0.7,
 one seed per episode). A third run, ``sampled_t0.7_same_work``, gives both engines exactly
 the same work: no stop ids (every turn runs to the token limit) and a task no reply solves
-(every episode runs all turns), so the sampled speeds compare like for like. Each engine runs in its own process (an in-process vLLM on CPU
-changes process-wide thread settings), one after the other; the parent compares their
+(every episode runs all turns), so the sampled speeds compare like for like. Each engine
+runs in its own process (an in-process vLLM on CPU changes process-wide thread settings),
+one after the other; the parent compares their
 episodes: the share of turns with identical tokens (greedy) and the learner's audit of
 the vLLM log-probs (mean / max |vLLM - learner|).
 Writes bench/results/engines.json (``--dtype bf16``: engines_bf16.json).
@@ -67,10 +68,12 @@ def run_one(engine: str, dtype: str, episodes: int, turns: int, max_new: int, vl
         stops = eng.stop_ids
         if same_work:
             eng.stop_ids = type(stops)()  # no stop ids: every turn runs to max_new
-        t0 = time.perf_counter()
-        eps = collect(envs, seeds, seeds, eng, chat, RolloutConfig(sp, max_context=2048))
-        dt = time.perf_counter() - t0
-        eng.stop_ids = stops
+        try:
+            t0 = time.perf_counter()
+            eps = collect(envs, seeds, seeds, eng, chat, RolloutConfig(sp, max_context=2048))
+            dt = time.perf_counter() - t0
+        finally:
+            eng.stop_ids = stops
         n = sum(len(t.action_ids) for e in eps for t in e.turns)
         result["runs"][name] = {"seconds": round(dt, 2), "action_tokens": n, "turns": sum(len(e.turns) for e in eps),
                                 "tokens_per_second": round(n / dt, 1), "episodes": eps}

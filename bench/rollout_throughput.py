@@ -111,11 +111,13 @@ def main() -> int:
             n = sum(len(x) for ep in acts for x in ep)
             row[how] = {"seconds": round(seconds, 2), "action_tokens": n, "tokens_per_second": round(n / seconds, 1)}
             actions[name, how] = acts
-        same = sum(x == y for ea, eb in zip(actions[name, "engine"], actions[name, "naive_generate"]) for x, y in zip(ea, eb))
-        row["identical_turns"] = f"{same}/{sum(len(ep) for ep in actions[name, 'engine'])}"
+        def identical(other: str) -> str:  # turns with the engine's tokens, of the engine's turns
+            same = sum(x == y for ea, eb in zip(actions[name, "engine"], actions[name, other]) for x, y in zip(ea, eb))
+            return f"{same}/{sum(len(ep) for ep in actions[name, 'engine'])}"
+
+        row["identical_turns"] = identical("naive_generate")
         row["speedup"] = round(row["engine"]["tokens_per_second"] / row["naive_generate"]["tokens_per_second"], 2)
-        same = sum(x == y for ea, eb in zip(actions[name, "engine"], actions[name, "engine_stock_sdpa"]) for x, y in zip(ea, eb))
-        row["identical_turns_stock_sdpa"] = f"{same}/{sum(len(ep) for ep in actions[name, 'engine'])}"
+        row["identical_turns_stock_sdpa"] = identical("engine_stock_sdpa")
         row["attention_speedup"] = round(row["engine"]["tokens_per_second"] / row["engine_stock_sdpa"]["tokens_per_second"], 2)
         result[name] = row
     tps = lambda name, how: result[name][how]["tokens_per_second"]
