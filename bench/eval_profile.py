@@ -52,7 +52,8 @@ def profile(engine, chat, batch_size: int, pass_n: int) -> dict:
         c["seconds"] = round(c["seconds"], 2)
         c["tokens_per_second"] = round(c["tokens"] / max(c["seconds"], 1e-9), 1)
     return {
-        "batch_size": batch_size, "eval_seconds": round(total, 2), "model_calls": calls,
+        "batch_size": batch_size, "episodes": len(result.episodes),
+        "distinct_instances": int(result.metrics["distinct_instances"]), "eval_seconds": round(total, 2), "model_calls": calls,
         "outside_the_model_seconds": round(total - calls["prefill"]["seconds"] - calls["decode"]["seconds"], 2),
         "collapse_seconds": round(result.metrics.get("collapse_seconds", 0.0), 2),
         "succ@1": result.metrics["succ@1"], "succ@5": result.metrics["succ@5"], "pass@5": result.metrics.get("pass@5"),
@@ -73,7 +74,7 @@ def main(argv=None) -> int:
     runs = [profile(engine, chat, bs, a.pass_n) for bs in a.batch_sizes]
     out = {
         "model": "smollm2-135m (untrained)", "dtype": a.dtype, "threads": torch.get_num_threads(),
-        "config": "configs/ufo_demo.toml", "episodes": 200, "pass_n": a.pass_n, "runs": runs,
+        "config": "configs/ufo_demo.toml", "pass_n": a.pass_n, "runs": runs,
     }
     path = ROOT / "bench" / "results" / ("eval_profile.json" if a.dtype == "bf16" else "eval_profile_fp32.json")
     path.write_text(json.dumps(out, indent=2))
