@@ -18,6 +18,11 @@ action token (the head runs on action positions only).
 
     python bench/gpu_check.py                                   # CUDA, bf16 -> bench/results/gpu_check.json
     python bench/gpu_check.py --device cpu --tiny --out /tmp/gpu_check.json   # smoke check
+    python bench/gpu_check.py --profile /tmp/gpu_profile.txt   # + where the time goes (torch.profiler)
+
+``--profile`` adds, after the timed parts, one profiled generate call (one turn) and one
+profiled training step, and writes their operator tables (by self CPU time and by self
+device time) to the file it names.
 
 It needs only torch and transformers besides this checkout's turnrl (imported from here).
 """
@@ -68,6 +73,7 @@ def parse_args(argv=None):
     ap.add_argument("--obs-len", type=int, help="observation ids appended after each reply (default 32; tiny 4)")
     ap.add_argument("--new-tokens", type=int, help="per-turn token limit (default 64; tiny 8)")
     ap.add_argument("--steps", type=int, default=3)
+    ap.add_argument("--micro-groups", type=int, default=1, help="groups per forward/backward (train.micro_groups)")
     ap.add_argument("--lr", type=float, default=1e-6, help="AdamW. Adam's first step moves every weight by ~lr: "
                     "on the random 0.5B model (4 episodes, CPU) every token clipped from step 2 at 1e-5, "
                     "from step 3 at 1e-6")
@@ -75,6 +81,7 @@ def parse_args(argv=None):
     ap.add_argument("--budget-s", type=float, default=270.0, help="wall-time budget: the rollout stops after "
                     "the turn that passes half of it, training before a step that would pass it")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--profile", type=Path, help="write torch.profiler tables of one turn and one step here")
     a = ap.parse_args(argv)
     a.batch = a.batch or (8 if a.tiny else 64)
     a.prompt_len = a.prompt_len or (16 if a.tiny else 128)
@@ -109,8 +116,10 @@ def rollout(engine: HFEngine, a, gen: torch.Generator, vocab: int, deadline: flo
     sp = SamplingParams(temperature=1.0, max_new_tokens=a.new_tokens, seed=a.seed)
     sync(engine.device)
     t0 = time.perf_counter()
+    steps = 0  # decode steps: each turn runs as many as its longest reply has tokens
     for k in range(a.turns):
         res = engine.generate([GenRequest(i, c) for i, c in enumerate(ctx)], sp)
+        steps += max(len(r.token_ids) for r in res)
         for i, r in enumerate(res):
             turns[i].append(Turn(obs[i], r.token_ids, r.logprobs, temperature=sp.temperature,
                                  reward=float(torch.rand((), generator=gen))))
@@ -126,11 +135,12 @@ def rollout(engine: HFEngine, a, gen: torch.Generator, vocab: int, deadline: flo
     # what the model read: each distinct prompt once, then every id but each row's last sample
     read = sum(e.num_tokens for e in eps) - (a.batch - len(prompts)) * a.prompt_len - a.batch
     return eps, {"turns_played": len(turns[0]), "seconds": dt, "tokens_sampled": sampled, "tokens_read": read,
-                 "tokens_per_s": sampled / dt}
+                 "tokens_per_s": sampled / dt, "decode_steps": steps, "ms_per_decode_step": 1e3 * dt / steps}
 
 
-def train_step(model, opt, algo, cfg, eps: list[Episode], chunk: int) -> dict:
-    """One GRPO step, one micro-batch per group (as the trainer does): loss, grad norm, log-prob audit."""
+def train_step(model, opt, algo, cfg, eps: list[Episode], chunk: int, micro_groups: int = 1) -> dict:
+    """One GRPO step, ``micro_groups`` groups per micro-batch (``train.micro_groups``, as the
+    trainer does): loss, grad norm, log-prob audit."""
     dev = next(model.parameters()).device
     adv = algo.advantages(eps, cfg, Aux(n_sampled=len(eps)))
     norm = algo.norm(eps, cfg, len(eps), sum(e.num_action_tokens for e in eps))
@@ -139,8 +149,9 @@ def train_step(model, opt, algo, cfg, eps: list[Episode], chunk: int) -> dict:
         return torch.nn.utils.rnn.pad_sequence(rows, batch_first=True, padding_value=v).to(dev)
 
     loss_sum, diffs = 0.0, []
-    for g in sorted({e.group_id for e in eps}):
-        idx = [i for i, e in enumerate(eps) if e.group_id == g]
+    groups = sorted({e.group_id for e in eps})
+    for k in range(0, len(groups), micro_groups):
+        idx = [i for i, e in enumerate(eps) if e.group_id in groups[k:k + micro_groups]]
         sub = [eps[i] for i in idx]
         lps, _ = group_logprobs(model, sub, chunk, with_entropy=True)
         old = [torch.tensor([x for t in e.live_turns for x in t.action_logprobs]) for e in sub]
@@ -155,6 +166,34 @@ def train_step(model, opt, algo, cfg, eps: list[Episode], chunk: int) -> dict:
     opt.step()
     opt.zero_grad(set_to_none=True)
     return {"loss": loss_sum, "grad_norm": grad_norm, "audit": float(torch.cat(diffs).mean())}
+
+
+def profile_tables(a, dev: torch.device, engine: HFEngine, model, opt, algo, eps: list[Episode], vocab: int) -> str:
+    """Operator tables of one more generate call (a fresh prompt per group, one turn) and one
+    more training step, each by self CPU time and by self device time."""
+    from torch.profiler import ProfilerActivity, profile
+
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if dev.type == "cuda" else [])
+    gen = torch.Generator().manual_seed(a.seed + 1)
+    prompts = [torch.randint(2, vocab, (a.prompt_len,), generator=gen).tolist() for _ in range(a.batch // a.group_size)]
+    reqs = [GenRequest(i, prompts[i // a.group_size]) for i in range(a.batch)]
+    sp = SamplingParams(temperature=1.0, max_new_tokens=a.new_tokens, seed=a.seed)
+    parts = []
+    for name, fn in (("one turn (generate)", lambda: (engine.generate(reqs, sp), engine.release())),
+                     ("one training step", lambda: train_step(model, opt, algo, GRPO, eps, 1024, a.micro_groups))):
+        model.train(name != "one turn (generate)")
+        sync(dev)
+        t0 = time.perf_counter()
+        with profile(activities=acts) as prof:
+            fn()
+            sync(dev)
+        wall = time.perf_counter() - t0
+        ka = prof.key_averages()
+        parts.append(f"== {name}: {wall:.2f} s wall (profiled) ==\n-- by self CPU time --\n"
+                     + ka.table(sort_by="self_cpu_time_total", row_limit=30))
+        if dev.type == "cuda":
+            parts.append("-- by self device time --\n" + ka.table(sort_by="self_device_time_total", row_limit=30))
+    return "\n".join(parts)
 
 
 def main(argv=None) -> dict:
@@ -190,11 +229,15 @@ def main(argv=None) -> dict:
             break
         sync(dev)
         t0 = time.perf_counter()
-        out = train_step(model, opt, algo, acfg, eps, chunk=1024)
+        out = train_step(model, opt, algo, acfg, eps, 1024, a.micro_groups)
         sync(dev)
         steps.append({**out, "seconds": time.perf_counter() - t0})
         print(f"step {s + 1}: loss {out['loss']:+.5f}  grad_norm {out['grad_norm']:.3f}  "
               f"{steps[-1]['seconds']:.2f}s", file=sys.stderr)
+
+    if a.profile:
+        a.profile.parent.mkdir(parents=True, exist_ok=True)
+        a.profile.write_text(profile_tables(a, dev, engine, model, opt, algo, eps, cfg.vocab_size) + "\n")
 
     tokens = sum(e.num_tokens for e in eps)
     body_tokens = tokens - (a.batch - a.batch // a.group_size) * a.prompt_len  # a group's prompt runs once
@@ -208,7 +251,8 @@ def main(argv=None) -> dict:
         "transformers": transformers.__version__, "dtype": str(dtype).removeprefix("torch."),
         "model": {"shape": "tiny" if a.tiny else "Qwen2.5-0.5B (random init)", "params": n_params,
                   "non_embedding_params": n_body, "layers": cfg.num_hidden_layers, "hidden": cfg.hidden_size},
-        "workload": {k: getattr(a, k) for k in ("batch", "group_size", "turns", "prompt_len", "obs_len", "new_tokens")},
+        "workload": {k: getattr(a, k) for k in ("batch", "group_size", "turns", "prompt_len", "obs_len", "new_tokens",
+                                               "micro_groups")},
         "peak_tflops": peak,
         "flops": "weights' matmuls only, attention scores excluded: decode 2*N_body*read + 2*V*C*sampled; "
                  "training 6*N_body*tokens (shared prompt once) + 6*V*C*action tokens",

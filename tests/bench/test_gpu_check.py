@@ -46,3 +46,20 @@ def test_no_cuda_device_is_a_clear_error(monkeypatch, tmp_path):
     with pytest.raises(SystemExit, match="no CUDA device"):
         _gpu_check().main(["--out", str(tmp_path / "x.json")])
     assert not (tmp_path / "x.json").exists()
+
+
+def test_micro_groups_change_the_batching_not_the_step(tmp_path):
+    # 4 groups of 8, one forward each or all 4 in one: the same losses (fp32 rounding aside)
+    runs = [_gpu_check().main(["--device", "cpu", "--tiny", "--batch", "32", "--micro-groups", m, "--out",
+                               str(tmp_path / f"{m}.json"), "--peak-tflops", "1"]) for m in ("1", "4")]
+    assert runs[1]["workload"]["micro_groups"] == 4
+    for a, b in zip(*(r["train"]["losses"] for r in runs)):
+        assert abs(a - b) < 1e-7
+    assert runs[0]["train"]["losses"][2] < -1e-4  # the steps moved the policy: the check is not vacuous
+
+
+def test_profile_writes_both_tables(tmp_path):
+    prof = tmp_path / "prof.txt"
+    _gpu_check().main(["--device", "cpu", "--tiny", "--out", str(tmp_path / "x.json"), "--profile", str(prof)])
+    text = prof.read_text()
+    assert "== one turn (generate)" in text and "== one training step" in text and "aten::mm" in text
