@@ -7,8 +7,8 @@
   against the time of the matmuls alone that such a step needs (every linear layer and the
   LM head at the same shapes), so the gap is what the framework adds;
 - one layer's attention at a decode step, transformers' SDPA function against turnrl's
-  short-query attention, and one sampling step at T = 0.7, ``torch.multinomial`` per row
-  against the engine's sampler.
+  short-query attention, and one sampling step at T = 0.7 (batch 32 and 128),
+  ``torch.multinomial`` per row and the engine's earlier sampler against its sampler now.
 
     python bench/cpu_costs.py
 """
@@ -117,21 +117,41 @@ def attention_ms(model, batch: int = 32, cached: int = 90) -> dict:
             for case, m in (("padded_rows", mask), ("no_padding", None))}
 
 
-def sampling_ms(batch: int = 32, vocab: int = 49152) -> dict:
-    """One sampling step at T = 0.7, one generator per row: ``torch.multinomial`` per row
-    (what the engine did before) against the engine's ``_sample``."""
+def sampling_ms(batch: int = 32, vocab: int = 49152, calls: int = 40) -> dict:
+    """One sampling step at T = 0.7, one generator per row, mean ms over ``calls`` calls on
+    4 rotating logit tensors (a step never sees the last step's logits, so no call finds
+    its input in cache): ``torch.multinomial`` per row (what the engine did first), one
+    float64 running sum over the whole row with the softmax in a second buffer (what it did
+    until this round), and the engine's ``_sample`` now (two-level search, softmax in place)."""
     from turnrl.engine.base import SamplingParams
     from turnrl.engine.hf import HFEngine
 
-    logits = torch.randn(batch, vocab, generator=torch.Generator().manual_seed(0)) * 3
+    g = torch.Generator().manual_seed(0)
+    logits = [torch.randn(batch, vocab, generator=g) * 3 for _ in range(4)]
     gens = [torch.Generator().manual_seed(i) for i in range(batch)]
 
-    def multinomial():
-        probs = torch.softmax(logits / 0.7, -1)
-        return torch.cat([torch.multinomial(probs[b], 1, generator=g) for b, g in enumerate(gens)])
+    def multinomial(x):
+        probs = torch.softmax(x / 0.7, -1)
+        return torch.cat([torch.multinomial(probs[b], 1, generator=gen) for b, gen in enumerate(gens)])
 
-    return {"multinomial_per_row": round(_best_ms(multinomial, 20), 2),
-            "engine": round(_best_ms(lambda: HFEngine._sample(logits, SamplingParams(temperature=0.7), gens), 20), 2)}
+    def one_running_sum(x):
+        probs = torch.softmax(x / 0.7, -1)
+        u = 1 - torch.stack([torch.rand((), generator=gen) for gen in gens])
+        cdf = probs.double().cumsum(-1)
+        ids = torch.searchsorted(cdf, (u.double() * cdf[:, -1])[:, None]).clamp_(max=vocab - 1).squeeze(-1)
+        return ids, probs.gather(-1, ids[:, None]).log()
+
+    def mean_ms(fn, n):
+        for x in logits:  # warm-up
+            fn(x)
+        t0 = time.perf_counter()
+        for i in range(n):
+            fn(logits[i % 4])
+        return round((time.perf_counter() - t0) / n * 1e3, 2)
+
+    sp = SamplingParams(temperature=0.7)
+    return {"multinomial_per_row": mean_ms(multinomial, 8), "one_running_sum": mean_ms(one_running_sum, calls),
+            "engine": mean_ms(lambda x: HFEngine._sample(x, sp, gens), calls)}
 
 
 def main() -> int:
@@ -157,7 +177,7 @@ def main() -> int:
         "decode_matmul_seconds_by_batch": matmul,
         "decode_step_over_matmul_batch_32": {k: round(decode[k]["32"] / matmul[k]["32"], 2) for k in decode},
         "attention_ms_per_layer_decode_batch_32": {"fp32": attention_ms(fp32), "bf16": attention_ms(bf16)},
-        "sampling_ms_per_step_batch_32_t0.7": sampling_ms(),
+        "sampling_ms_per_step_t0.7": {str(b): sampling_ms(b) for b in (32, 128)},
     }
     out = ROOT / "bench" / "results" / "cpu_costs.json"
     out.write_text(json.dumps(result, indent=2) + "\n")

@@ -172,3 +172,24 @@ def test_a_draw_survives_the_rounding_noise_of_another_batch():
     ids = [HFEngine._sample(x, SamplingParams(temperature=1.0), [torch.Generator().manual_seed(i) for i in range(2000)])[0]
            for x in (a, b)]
     assert torch.equal(ids[0], ids[1])
+
+
+def test_inverse_cdf_in_two_levels_picks_what_one_running_sum_picks():
+    from turnrl.engine.hf import CDF_BLOCK, _inverse_cdf
+
+    # 1100 entries (two levels; not a multiple of the block): mass 1/8 at 3 (block 0), 1/16 at
+    # 16 and 17 (block 1), 1/4 at 500, 1/2 at 1099 (the last entry, in the padded block)
+    p = torch.zeros(1, 1100)
+    p[0, 3], p[0, 16], p[0, 17], p[0, 500], p[0, 1099] = 0.125, 0.0625, 0.0625, 0.25, 0.5
+    assert p.shape[1] > 64 * CDF_BLOCK and p.shape[1] % CDF_BLOCK and 16 // CDF_BLOCK == 17 // CDF_BLOCK == 1
+    u = torch.tensor([1e-9, 0.125, 0.15, 0.1875, 0.19, 0.25, 0.2500001, 0.5000001, 1.0])
+    assert _inverse_cdf(p.expand(9, -1), u).tolist() == [3, 3, 16, 16, 17, 17, 500, 1099, 1099]
+    # a peaked and a nearly flat row over SmolLM2's vocabulary, 2000 draws each: the same
+    # picks as a float64 running sum over the whole row
+    g = torch.Generator().manual_seed(0)
+    for scale in (4.0, 0.01):
+        probs = torch.softmax(torch.randn(1, 49152, generator=g) * scale, -1).expand(2000, -1)
+        u = 1 - torch.rand(2000, generator=g, dtype=torch.float64).float()
+        cdf = probs.double().cumsum(-1)
+        ref = torch.searchsorted(cdf, (u.double() * cdf[:, -1])[:, None]).squeeze(-1)
+        assert torch.equal(_inverse_cdf(probs, u), ref)
