@@ -2,7 +2,8 @@
 
 - learner forward+backward of one GRPO-like group (turnrl's learner path), in fp32, under
   bf16 autocast, and with the model held in bf16 (``model.dtype = "bf16"``: what the
-  trainer does, fp32 master weights aside);
+  trainer does, fp32 master weights aside); and of a group whose episodes differ in length
+  (as the UFO demo's), in one padded batch and in batches of similar length;
 - one batched decode step of the engine's model call at several batch sizes, fp32 and bf16,
   against the time of the matmuls alone that such a step needs (every linear layer and the
   LM head at the same shapes), so the gap is what the framework adds;
@@ -45,6 +46,39 @@ def learner_seconds(model, autocast: bool = False, repeats: int = 2) -> tuple[fl
         model.zero_grad(set_to_none=True)
         times.append(time.perf_counter() - t0)
     return min(times[1:]), tokens
+
+
+def uneven_group_seconds(model, repeats: int = 2) -> dict:
+    """The learner on one group whose episodes differ in length as the UFO demo's do: a
+    70-token prompt, then 1 to 5 attempts of 12 tokens with 14-token feedback between them
+    (suffixes of 12 to 129 tokens). One padded batch against the batches of similar length
+    that ``group_logprobs`` forms on a CPU (``BUCKET_OVERHEAD_TOKENS``)."""
+    from turnrl.algos import logprobs
+
+    g = torch.Generator().manual_seed(0)
+    rand = lambda n: torch.randint(100, 40000, (n,), generator=g).tolist()
+    prompt = rand(70)
+    eps = [Episode([Turn(prompt, rand(12), [0.0] * 12)] + [Turn(rand(14), rand(12), [0.0] * 12) for _ in range(a - 1)], 0)
+           for a in (1, 1, 1, 3, 4, 5, 5, 5)]
+    out = {"tokens": sum(len(e.token_ids) for e in eps)}
+    saved = dict(logprobs.BUCKET_OVERHEAD_TOKENS)
+    try:
+        for name, table in (("one_batch", {}), ("length_batches", saved)):
+            logprobs.BUCKET_OVERHEAD_TOKENS.clear()
+            logprobs.BUCKET_OVERHEAD_TOKENS.update(table)
+            times = []
+            for _ in range(repeats + 1):  # the first call warms up
+                t0 = time.perf_counter()
+                lps, _ = group_logprobs(model, eps)
+                (-sum(l.sum() for l in lps)).backward()
+                model.zero_grad(set_to_none=True)
+                times.append(time.perf_counter() - t0)
+            out[name] = round(min(times[1:]), 2)
+    finally:
+        logprobs.BUCKET_OVERHEAD_TOKENS.clear()
+        logprobs.BUCKET_OVERHEAD_TOKENS.update(saved)
+    out["speedup"] = round(out["one_batch"] / out["length_batches"], 2)
+    return out
 
 
 @torch.no_grad()
@@ -161,6 +195,7 @@ def main() -> int:
     t_fp32, n = learner_seconds(fp32)
     t_auto, _ = learner_seconds(fp32, autocast=True)
     t_bf16, _ = learner_seconds(bf16)
+    uneven = {"fp32": uneven_group_seconds(fp32), "bf16": uneven_group_seconds(bf16)}
     fp32.eval(), bf16.eval()
     decode, matmul = {}, {}
     for name, model in (("fp32", fp32), ("bf16", bf16)):
@@ -173,6 +208,7 @@ def main() -> int:
         "learner_tokens_per_second": {"fp32": round(n / t_fp32, 1), "bf16_autocast": round(n / t_auto, 1),
                                       "bf16_model": round(n / t_bf16, 1)},
         "bf16_model_speedup": round(t_fp32 / t_bf16, 2),
+        "learner_uneven_group_fwd_bwd_seconds": uneven,
         "decode_step_seconds_by_batch": decode,
         "decode_matmul_seconds_by_batch": matmul,
         "decode_step_over_matmul_batch_32": {k: round(decode[k]["32"] / matmul[k]["32"], 2) for k in decode},

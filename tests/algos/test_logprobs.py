@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from tests.conftest import make_tiny_model
-from turnrl.algos.logprobs import group_logprobs
+from turnrl.algos.logprobs import group_logprobs, length_buckets
 from turnrl.types import Episode, Turn
 
 
@@ -51,6 +51,39 @@ def test_logprobs_per_episode_match_a_plain_forward():
                 m = torch.tensor(ep.loss_mask[1:])
                 assert torch.allclose(lp, full.gather(-1, ids[0, 1:, None]).squeeze(-1)[m], atol=1e-5)
                 assert torch.allclose(ent, -(full.exp() * full).sum(-1)[m], atol=1e-4)
+
+
+def test_length_buckets_minimise_padded_slots_plus_a_cost_per_batch():
+    # [1, 100]: one batch pads to 2 x 100 + 32 = 232, two cost 1 + 32 + 100 + 32 = 165
+    assert length_buckets([100, 1, 100], 32) == [[1], [0, 2]]
+    # [90, 100]: one batch 232, two 254
+    assert length_buckets([90, 100], 32) == [[0, 1]]
+    # a UFO demo group: 3 x 12 + 71 + 2 x 116 + 2 x 133 + 4 x 32 = 733 slots, against 1064 + 32 in one batch
+    assert length_buckets([7, 12, 12, 71, 104, 116, 130, 133], 32) == [[0, 1, 2], [3], [4, 5], [6, 7]]
+    assert length_buckets([], 32) == []
+
+
+def test_episodes_of_very_different_lengths_run_in_batches_and_equal_a_plain_forward():
+    g = torch.Generator().manual_seed(1)
+    rand = lambda n: torch.randint(10, 40000, (n,), generator=g).tolist()
+    prompt = rand(12)
+    eps = [Episode([Turn(prompt, rand(n), [0.0] * n, temperature=0.7)] +
+                   [Turn(rand(5), rand(n), [0.0] * n) for _ in range(turns - 1)], 0)
+           for n, turns in ((2, 1), (3, 1), (30, 4), (28, 4))]
+    ref_model, model = make_tiny_model(1), make_tiny_model(1)
+    _plain(ref_model, eps).backward()
+    calls = []
+    hook = model.get_decoder().register_forward_pre_hook(lambda m, a, kw: calls.append(kw["inputs_embeds"].shape[:2]),
+                                                         with_kwargs=True)
+    lps, _ = group_logprobs(model, eps)
+    hook.remove()
+    # the shared prompt once (12 tokens, less the one before the first action), then the two
+    # short episodes together and the two long ones together
+    assert calls == [(1, 11), (2, 4), (2, 1 + 3 * 5 + 4 * 30)]
+    sum(l.sum() for l in lps).backward()
+    ref = dict(ref_model.named_parameters())
+    for name, p in model.named_parameters():
+        assert torch.allclose(p.grad, ref[name].grad, atol=1e-5, rtol=1e-4), name
 
 
 def test_turns_with_their_own_contexts_are_scored_each_in_its_context():

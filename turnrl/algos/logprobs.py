@@ -80,6 +80,33 @@ def _embed(model, ids: torch.Tensor) -> torch.Tensor:
     return x
 
 
+#: the cost of one more forward + backward of the learner, in padded token slots, by device
+#: type: on a CPU the work is proportional to the slots, so a group whose episodes differ in
+#: length runs as a few batches of similar lengths (the UFO demo's groups were 38% padding
+#: in one batch). On a GPU a call costs more than the slots it saves (gpu_check's profile:
+#: the learner is host-bound), so one batch.
+BUCKET_OVERHEAD_TOKENS = {"cpu": 32}
+
+
+def length_buckets(lengths: list[int], overhead: int) -> list[list[int]]:
+    """Split rows into batches of similar lengths: contiguous runs of the rows sorted by
+    length, chosen to minimise the padded slots (rows x the longest) plus ``overhead`` per
+    batch (an exact dynamic programme, O(n^2)). Returns the row indices of each batch."""
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+    sl = [lengths[i] for i in order]
+    best, cut = [0] + [float("inf")] * len(sl), [0] * (len(sl) + 1)
+    for j in range(1, len(sl) + 1):
+        for i in range(j):  # the last batch: sorted rows i..j-1, padded to sl[j - 1]
+            c = best[i] + (j - i) * sl[j - 1] + overhead
+            if c < best[j]:
+                best[j], cut[j] = c, i
+    out, j = [], len(sl)
+    while j:
+        out.append(order[cut[j]:j])
+        j = cut[j]
+    return out[::-1]
+
+
 def common_prefix_len(seqs: list[list[int]]) -> int:
     n = min(len(s) for s in seqs)
     first = seqs[0]
@@ -115,38 +142,42 @@ def group_logprobs(
     p = max(p, 0)
     body = _decoder(model)
     head = model.get_output_embeddings()
-    B = len(seqs)
-    width = max(len(s) for s in seqs) - p
-    ids = torch.full((B, width), 0, dtype=torch.long)  # (B, W) right-padded
-    attn = torch.zeros((B, p + width), dtype=torch.long)  # (B, P+W)
-    for b, s in enumerate(seqs):
-        ids[b, : len(s) - p] = torch.tensor(s[p:])
-        attn[b, : len(s)] = 1
     dev = head.weight.device  # inputs are built on the CPU, then moved once to the model's device
-    ids, attn = ids.to(dev), attn.to(dev)
-    pos = torch.arange(p, p + width, device=dev)[None].expand(B, -1)  # (B, W)
-    cache = None
+    cache, prefix = None, []
     if p > 0:
         cache = DynamicCache()
-        prefix = torch.tensor([seqs[0][:p]], device=dev)  # (1, P)
-        body(inputs_embeds=_embed(model, prefix), use_cache=True, **cache_kwargs(body, cache))
-        cache.batch_repeat_interleave(B)
-    hidden = body(inputs_embeds=_embed(model, ids), attention_mask=attn, position_ids=pos, **cache_kwargs(body, cache),
-                  use_cache=cache is not None).last_hidden_state  # (B, W, C)
+        body(inputs_embeds=_embed(model, torch.tensor([seqs[0][:p]], device=dev)), use_cache=True,
+             **cache_kwargs(body, cache))
+        prefix = [(layer.keys, layer.values) for layer in cache.layers]  # (1, heads, P, d) each
+    hiddens: list[torch.Tensor] = [None] * len(seqs)  # per episode: (its width, C), position j predicts p + j + 1
+    overhead = BUCKET_OVERHEAD_TOKENS.get(dev.type)
+    for rows in (length_buckets([len(s) - p for s in seqs], overhead) if overhead is not None else [range(len(seqs))]):
+        n, width = len(rows), max(len(seqs[b]) for b in rows) - p
+        ids = torch.full((n, width), 0, dtype=torch.long)  # (n, W) right-padded
+        attn = torch.zeros((n, p + width), dtype=torch.long)  # (n, P+W)
+        for j, b in enumerate(rows):
+            ids[j, : len(seqs[b]) - p] = torch.tensor(seqs[b][p:])
+            attn[j, : len(seqs[b])] = 1
+        ids, attn = ids.to(dev), attn.to(dev)
+        pos = torch.arange(p, p + width, device=dev)[None].expand(n, -1)  # (n, W)
+        for layer, (k, v) in zip(cache.layers if cache is not None else [], prefix):
+            # every row of the bucket attends to the one prefix (gradients flow back into it)
+            layer.keys, layer.values = k.expand(n, -1, -1, -1), v.expand(n, -1, -1, -1)
+        hidden = body(inputs_embeds=_embed(model, ids), attention_mask=attn, position_ids=pos,
+                      **cache_kwargs(body, cache), use_cache=cache is not None).last_hidden_state  # (n, W, C)
+        for j, b in enumerate(rows):
+            hiddens[b] = hidden[j]
     # Position j of the per-episode part predicts token p + j + 1.
-    rows, cols, tgts, taus = [], [], [], []
-    for b, (s, m, tt) in enumerate(zip(seqs, masks, temps_all)):
-        for k in range(max(p, 1), len(s)):
-            if m[k]:
-                rows.append(b)
-                cols.append(k - 1 - p)
-                tgts.append(s[k])
-                taus.append(tt[k])
-    at = torch.tensor([rows, cols], dtype=torch.long, device=dev)  # (2, N)
-    h = hidden[at[0], at[1]]  # (N, C)
+    cols, tgts, taus = [], [], []  # cols: per episode, the positions that predict its trained tokens
+    for s, m, tt in zip(seqs, masks, temps_all):
+        ks = [k for k in range(max(p, 1), len(s)) if m[k]]
+        cols.append(torch.tensor([k - 1 - p for k in ks], dtype=torch.long, device=dev))
+        tgts += [s[k] for k in ks]
+        taus += [tt[k] for k in ks]
+    h = torch.cat([hb[c] for hb, c in zip(hiddens, cols)])  # (N, C), in token order
     tgts, taus = torch.tensor(tgts, device=dev), torch.tensor(taus, device=dev)
     lp, ent = _head_logprobs(head, h, tgts, taus, chunk, with_entropy)
-    counts = [sum(1 for k in range(max(p, 1), len(s)) if m[k]) for s, m in zip(seqs, masks)]
+    counts = [len(c) for c in cols]
     out = list(lp.split(counts)), (list(ent.split(counts)) if ent is not None else None)
     if return_hidden:
         return (*out, list(h.detach().float().split(counts)))
