@@ -51,8 +51,9 @@ def learner_seconds(model, autocast: bool = False, repeats: int = 2) -> tuple[fl
 def uneven_group_seconds(model, repeats: int = 2) -> dict:
     """The learner on one group whose episodes differ in length as the UFO demo's do: a
     70-token prompt, then 1 to 5 attempts of 12 tokens with 14-token feedback between them
-    (suffixes of 12 to 129 tokens). One padded batch against the batches of similar length
-    that ``group_logprobs`` forms on a CPU (``BUCKET_OVERHEAD_TOKENS``)."""
+    (13 to 117 tokens past the shared prompt; 42% of a padded batch is padding). One padded
+    batch against the batches of similar length that ``group_logprobs`` forms on a CPU
+    (``BUCKET_OVERHEAD_TOKENS``)."""
     from turnrl.algos import logprobs
 
     g = torch.Generator().manual_seed(0)
