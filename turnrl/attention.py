@@ -7,14 +7,16 @@ SmolLM2-135M (9 query heads over 3 KV heads):
 
 - a decode step with no padded row, any dtype: transformers then passes no mask, and its
   SDPA function calls ``scaled_dot_product_attention`` with ``enable_gqa``, which is slow
-  on a CPU in bf16 (batch 32, 90 cached slots: 1.39 ms per layer against 0.37;
+  on a CPU in bf16 (batch 32, 90 cached slots: 1.40 ms per layer against 0.34;
   ``bench/cpu_costs.py``);
 - queries of up to ``SHORT_QUERY`` tokens with a mask (padded rows, the suffix a new turn
   adds). Per call SDPA looks as fast there, but over whole rollouts (32 five-turn greedy
   episodes, ``bench/engines.py``'s workload) this path was faster with transformers 5.19
   (vLLM's venv, hand runs): 225–237 against 136–149 action tokens/s in bf16, 111–132
   against 70–107 in fp32. With transformers 5.24 ``bench/rollout_throughput.py`` keeps
-  the A/B (``engine_stock_sdpa``): 137.9 against 117.8 in fp32, 195.9 against 190.4 in bf16.
+  the A/B (``engine_stock_sdpa``), and it is within that script's noise: one run gave
+  137.9 against 117.8 in fp32 and 195.9 against 190.4 in bf16, the next 121.7 against
+  131.1 and 206.3 against 215.3.
 
 Longer queries (prefill, the learner's full sequences) and calls with features this path
 lacks (dropout, soft-capping, attention sinks, position bias) go to transformers' SDPA
