@@ -81,10 +81,10 @@ def _embed(model, ids: torch.Tensor) -> torch.Tensor:
 
 
 #: the cost of one more forward + backward of the learner, in padded token slots, by device
-#: type: on a CPU the work is proportional to the slots, so a group whose episodes differ in
-#: length runs as a few batches of similar lengths (the UFO demo's groups were 38% padding
-#: in one batch). On a GPU a call costs more than the slots it saves (gpu_check's profile:
-#: the learner is host-bound), so one batch.
+#: type: on a CPU the work grows with the slots, so a group whose episodes differ in length
+#: runs as a few batches of similar lengths (a UFO demo group is about a third padding in one
+#: batch). On a GPU a call costs more than the slots it saves (``bench/gpu_check.py``'s
+#: profile: the learner is host-bound), so one batch.
 BUCKET_OVERHEAD_TOKENS = {"cpu": 32}
 
 
