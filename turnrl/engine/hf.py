@@ -342,7 +342,7 @@ def _inverse_cdf(probs: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
     entry in order, though. So a long row is searched in two levels: the fp32 sums of blocks
     of ``CDF_BLOCK`` entries, their float64 running sum, the block holding the target, then
     the float64 running sum of that block's entries alone. With the softmax in place, a
-    sampling step at T = 0.7 took 1.79 -> 1.19 ms at batch 32 and 7.50 -> 4.72 ms at 128
+    sampling step at T = 0.7 took 2.31 -> 1.25 ms at batch 32 and 9.22 -> 5.68 ms at 128
     on 2 cores (``bench/cpu_costs.py``)."""
     B, K = probs.shape
     if K <= 64 * CDF_BLOCK:  # short rows (top-k / top-p candidates): one running sum
