@@ -54,7 +54,7 @@ def test_logprobs_per_episode_match_a_plain_forward():
 
 
 def test_length_buckets_minimise_padded_slots_plus_a_cost_per_batch():
-    # [1, 100]: one batch pads to 2 x 100 + 32 = 232, two cost 1 + 32 + 100 + 32 = 165
+    # [100, 1, 100]: one batch pads to 3 x 100 + 32 = 332, two cost 1 + 32 + 2 x 100 + 32 = 265
     assert length_buckets([100, 1, 100], 32) == [[1], [0, 2]]
     # [90, 100]: one batch 232, two 254
     assert length_buckets([90, 100], 32) == [[0, 1]]

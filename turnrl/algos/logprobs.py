@@ -160,9 +160,9 @@ def group_logprobs(
             attn[j, : len(seqs[b])] = 1
         ids, attn = ids.to(dev), attn.to(dev)
         pos = torch.arange(p, p + width, device=dev)[None].expand(n, -1)  # (n, W)
-        for layer, (k, v) in zip(cache.layers if cache is not None else [], prefix):
-            # every row of the bucket attends to the one prefix (gradients flow back into it)
-            layer.keys, layer.values = k.expand(n, -1, -1, -1), v.expand(n, -1, -1, -1)
+        if cache is not None:  # every row of the batch attends to the one prefix (gradients flow back into it)
+            for layer, (k, v) in zip(cache.layers, prefix):
+                layer.keys, layer.values = k.expand(n, -1, -1, -1), v.expand(n, -1, -1, -1)
         hidden = body(inputs_embeds=_embed(model, ids), attention_mask=attn, position_ids=pos,
                       **cache_kwargs(body, cache), use_cache=cache is not None).last_hidden_state  # (n, W, C)
         for j, b in enumerate(rows):
