@@ -6,7 +6,8 @@ import torch
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
 from tests.conftest import make_tiny_model
-from turnrl.attention import NAME, SHORT_QUERY, short_query_attention, use_short_query_attention
+from turnrl.attention import (LEARNER_SCORES, NAME, SHORT_QUERY, learner_attention, short_query_attention,
+                              use_short_query_attention)
 from turnrl.engine.kv import GrowingCache
 from turnrl.models import load_model
 
@@ -67,6 +68,57 @@ def test_long_queries_go_to_sdpa_unchanged():
     q, k, v = torch.randn(2, 4, n, 8), torch.randn(2, 2, n, 8), torch.randn(2, 2, n, 8)
     mask = torch.ones(2, 1, n, n, dtype=torch.bool).tril()
     assert torch.equal(short_query_attention(GQA, q, k, v, mask)[0], sdpa_attention_forward(GQA, q, k, v, mask)[0])
+
+
+def _learner_inputs(b, n, length, dtype, grad=True):
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(b, 4, n, 8, generator=g), torch.randn(b, 2, length, 8, generator=g),
+               torch.randn(b, 2, length, 8, generator=g))
+    return [t.to(dtype).requires_grad_(grad) for t in (q, k, v)]
+
+
+def test_the_bf16_learner_takes_the_matmul_path_while_its_scores_are_small(monkeypatch):
+    import transformers.integrations.sdpa_attention as hf_sdpa
+
+    calls = []
+    monkeypatch.setattr(hf_sdpa, "sdpa_attention_forward", lambda *a, **k: calls.append(a[1].dtype) or (a[1], None))
+    n = SHORT_QUERY + 8  # longer than a short query: only the learner rule can route it to the matmul path
+    mask = torch.ones(2, 1, n, 50, dtype=torch.bool)
+    with learner_attention():
+        short_query_attention(GQA, *_learner_inputs(2, n, 50, torch.bfloat16), mask)  # 2*4*40*50 = 16,000 scores
+        short_query_attention(GQA, *_learner_inputs(2, n, 50, torch.bfloat16), None)  # causal, no mask given
+        with torch.no_grad():  # old and reference log-probs round as the trained forward does
+            short_query_attention(GQA, *_learner_inputs(2, n, 50, torch.bfloat16, grad=False), mask)
+        assert calls == []
+        short_query_attention(GQA, *_learner_inputs(2, n, 50, torch.float32), mask)  # fp32: SDPA is as fast
+        # 2 * 4 * 40 * length > LEARNER_SCORES: the scores would be too large to hold per layer
+        length = LEARNER_SCORES // (2 * 4 * n) + 1
+        short_query_attention(GQA, *_learner_inputs(2, n, length, torch.bfloat16),
+                              torch.ones(2, 1, n, length, dtype=torch.bool))
+        non_causal = types.SimpleNamespace(num_key_value_groups=2, is_causal=False)
+        short_query_attention(non_causal, *_learner_inputs(2, n, n, torch.bfloat16), None)  # no mask, not causal
+    short_query_attention(GQA, *_learner_inputs(2, n, 50, torch.bfloat16), mask)  # not the learner (the engine's prefill)
+    assert calls == [torch.float32] + [torch.bfloat16] * 3
+
+
+@pytest.mark.parametrize("masked", [True, False])
+def test_the_bf16_learner_path_matches_sdpa_with_its_gradients(masked):
+    n, length = SHORT_QUERY + 8, (SHORT_QUERY + 8 + 15 if masked else SHORT_QUERY + 8)
+    mask = None
+    if masked:  # 15 cached slots before the queries, row 1 left-padded by 6
+        mask = torch.ones(2, 1, n, length, dtype=torch.bool).tril(length - n)
+        mask[1, ..., :6] = False
+    ours_in, ref_in = _learner_inputs(2, n, length, torch.bfloat16), _learner_inputs(2, n, length, torch.float32)
+    with learner_attention():
+        ours, _ = short_query_attention(GQA, *ours_in, mask)
+    ref, _ = sdpa_attention_forward(GQA, *ref_in, mask)  # fp32 reference; None: causal
+    assert ours.shape == ref.shape == (2, n, 4, 8)
+    assert (ours.float() - ref).abs().max() < 3e-2
+    w = torch.randn(ref.shape, generator=torch.Generator().manual_seed(1))
+    (ours.float() * w).sum().backward()
+    (ref * w).sum().backward()
+    for a, b in zip(ours_in, ref_in):  # d/dq, d/dk, d/dv: bf16 rounding apart
+        assert (a.grad.float() - b.grad).abs().max() < 0.05 * b.grad.abs().max()
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])

@@ -18,19 +18,52 @@ SmolLM2-135M (9 query heads over 3 KV heads):
   137.9 against 117.8 in fp32 and 195.9 against 190.4 in bf16, the next 121.7 against
   131.1 and 206.3 against 215.3.
 
-Longer queries (prefill, the learner's full sequences) and calls with features this path
-lacks (dropout, soft-capping, attention sinks, position bias) go to transformers' SDPA
-function unchanged. ``use_short_query_attention(model)`` switches a transformers model to
+The learner in bf16 on a CPU (calls inside ``learner_attention()``, which ``group_logprobs``
+enters) takes this path too, for queries of any length while the score matrix stays small (``LEARNER_SCORES`` entries, about 10 MB in fp32): there the CPU's
+flash-attention backward is slow. One group of ``bench/cpu_costs.py`` (8 episodes of 65
+tokens over a 55-token prompt) spent 0.36 s of its 2.27 s step in that backward, 2.7× its
+fp32 time; per layer, forward and backward at 8 × 65 queries over 120 keys took 12.1 ms
+through SDPA against 4.0 ms here (8.3 against 16.6 at 120 × 120, 21 against 29 at 150 ×
+205; past about 8 × 200 × 255 SDPA is faster). In fp32 SDPA is as fast or faster, so it
+keeps it.
+
+Longer queries in inference (prefill) and calls with features this path lacks (dropout,
+soft-capping, attention sinks, position bias) go to transformers' SDPA function unchanged. ``use_short_query_attention(model)`` switches a transformers model to
 this function under the name ``"turnrl_sdpa"``; its masks are SDPA's. A fully masked row
 (a left-padding slot's query) gets 0, as from SDPA.
 """
 from __future__ import annotations
+
+import contextlib
+import contextvars
 
 import torch
 
 NAME = "turnrl_sdpa"
 #: queries up to this many tokens use the matmul path
 SHORT_QUERY = 32
+#: the learner in bf16 on a CPU uses it while batch × heads × queries × keys stays at most this
+LEARNER_SCORES = 2_500_000
+
+
+_LEARNER = contextvars.ContextVar("turnrl_learner_attention", default=False)
+
+
+@contextlib.contextmanager
+def learner_attention():
+    """Within it, attention calls are the learner's (``group_logprobs``: the trained forward and
+    the old and reference log-probs alike, so that all three round the same way)."""
+    token = _LEARNER.set(True)
+    try:
+        yield
+    finally:
+        _LEARNER.reset(token)
+
+
+def _learner_path(query: torch.Tensor, length: int) -> bool:
+    """The learner in bf16 (or fp16) on a CPU, over a score matrix small enough to hold."""
+    return (_LEARNER.get() and query.device.type == "cpu" and query.dtype != torch.float32
+            and query.numel() // query.shape[-1] * length <= LEARNER_SCORES)
 
 
 def short_query_attention(module, query, key, value, attention_mask, dropout: float = 0.0,
@@ -42,10 +75,15 @@ def short_query_attention(module, query, key, value, attention_mask, dropout: fl
     b, h, q, d = query.shape
     kv, length = key.shape[1], key.shape[2]
     special = dropout or any(kwargs.get(k) is not None for k in ("softcap", "s_aux", "sinks", "position_bias"))
-    if q > SHORT_QUERY or special or (attention_mask is None and q > 1) or h % kv \
-            or (attention_mask is not None and attention_mask.dtype != torch.bool):
+    learner = _learner_path(query, length)
+    causal = attention_mask is None and q > 1  # SDPA would pass is_causal: the mask is built below
+    if (q > SHORT_QUERY and not learner) or special or (causal and not learner) or h % kv \
+            or (attention_mask is not None and attention_mask.dtype != torch.bool) \
+            or (causal and not (getattr(module, "is_causal", True) if is_causal is None else is_causal)):
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout,
                                       scaling=scaling, is_causal=is_causal, **kwargs)
+    if causal:  # the queries are the last q of the keys: query i sees keys up to length - q + i
+        attention_mask = torch.ones(q, length, dtype=torch.bool, device=query.device).tril(length - q)[None, None]
     g = h // kv  # query heads per KV head
     scale = d ** -0.5 if scaling is None else scaling
     rows = query.reshape(b, kv, g * q, d)  # query heads sharing a KV head become extra rows

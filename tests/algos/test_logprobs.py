@@ -126,3 +126,30 @@ def test_gold_beliefs_teacher_force_after_each_turns_own_context(chat):
             logp = torch.log_softmax(model(torch.tensor([ctx + gold])).logits[0].float(), -1)
             want.append(float(torch.exp(logp[len(ctx) - 1:-1].gather(-1, torch.tensor(gold)[:, None]).mean())))
     assert gold_beliefs(model, [ep], chat)[0] == pytest.approx(want, rel=1e-4)
+
+
+def test_a_bf16_learner_on_a_cpu_uses_matmul_attention_in_every_forward_and_rounds_them_alike(monkeypatch):
+    import transformers.integrations.sdpa_attention as hf_sdpa
+    from turnrl.attention import use_short_query_attention
+
+    g = torch.Generator().manual_seed(0)
+    rand = lambda n: torch.randint(10, 40000, (n,), generator=g).tolist()
+    prompt = rand(12)
+    # past the shared prompt each episode has 1 + n + 4 + n tokens: 45 to 49 queries, more than SHORT_QUERY
+    eps = [Episode([Turn(prompt, rand(n), [0.0] * n), Turn(rand(4), rand(n), [0.0] * n)], 0) for n in (20, 22, 21)]
+    fp32 = make_tiny_model(3)
+    use_short_query_attention(fp32)
+    bf16 = make_tiny_model(3).to(torch.bfloat16)
+    use_short_query_attention(bf16)
+    sdpa, calls = hf_sdpa.sdpa_attention_forward, []
+    monkeypatch.setattr(hf_sdpa, "sdpa_attention_forward", lambda *a, **k: calls.append(a[1].dtype) or sdpa(*a, **k))
+    trained, _ = group_logprobs(bf16, eps)
+    with torch.no_grad():  # the old (or reference) log-probs of the same policy
+        old, _ = group_logprobs(bf16, eps)
+    assert calls == []  # prefix (causal, no mask) and padded batch: both on the matmul path
+    for a, b in zip(trained, old):
+        assert torch.equal(a.detach(), b)  # ratio exactly 1, KL exactly 0 at step 0
+    ref, _ = group_logprobs(fp32, eps)
+    assert calls == [torch.float32] * 4  # fp32 keeps SDPA: 2 layers x (prefix, batch)
+    for a, b in zip(trained, ref):
+        assert (a.detach() - b.detach()).abs().max() < 0.05  # bf16 rounding of the same model

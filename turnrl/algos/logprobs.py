@@ -12,6 +12,7 @@ import torch
 from torch.utils.checkpoint import checkpoint
 from transformers import DynamicCache
 
+from turnrl.attention import learner_attention
 from turnrl.models import cache_kwargs
 from turnrl.types import Episode
 
@@ -132,6 +133,11 @@ def group_logprobs(
     result is the same one value per trained token, in live-turn order."""
     if not all(ep.append_only for ep in episodes):
         return _per_turn_logprobs(model, episodes, chunk, with_entropy, share_prefix, return_hidden)
+    with learner_attention():  # bf16 on a CPU: matmul attention, not SDPA's slow backward (turnrl/attention.py)
+        return _group_logprobs(model, episodes, chunk, with_entropy, share_prefix, return_hidden)
+
+
+def _group_logprobs(model, episodes, chunk, with_entropy, share_prefix, return_hidden):
     seqs = [ep.token_ids for ep in episodes]
     masks = [ep.loss_mask for ep in episodes]
     temps_all = [ep.temperatures for ep in episodes]
