@@ -5,7 +5,8 @@ for rollouts, staleness and held-out Succ@k of both to bench/results/async.json.
 
     python bench/async.py [--steps N] [--eval-tasks N] [--config FILE] [--section.key value ...]
 
-Defaults: the demo config (configs/ufo_demo.toml) with 8 steps and 100 held-out tasks, so
+Defaults: the demo config (configs/ufo_demo.toml) in fp32, as its JSON has always been run
+(``--model.dtype bf16`` for the demo's own dtype), with 8 steps and 100 held-out tasks, so
 the pair takes about a quarter of an hour on 2 cores; --steps 20 --eval-tasks 200 is the
 full demo.
 """
@@ -62,6 +63,7 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "async.json"))
     ap.add_argument("--config", default=str(ROOT / "configs" / "ufo_demo.toml"))
     args, overrides = ap.parse_known_args(argv)
+    overrides = ["--model.dtype", "fp32"] + overrides  # async.json's runs are fp32 (the demo config samples in bf16)
     runs = [run(args.config, s, args.steps, args.eval_tasks, ROOT / "runs" / f"bench_async_{s}", overrides)
             for s in (0, 1)]
     sync, asyn = runs
