@@ -18,17 +18,19 @@ SmolLM2-135M (9 query heads over 3 KV heads):
   137.9 against 117.8 in fp32 and 195.9 against 190.4 in bf16, the next 121.7 against
   131.1 and 206.3 against 215.3.
 
-The learner in bf16 on a CPU (calls inside ``learner_attention()``, which ``group_logprobs``
-enters) takes this path too, for queries of any length while the score matrix stays small (``LEARNER_SCORES`` entries, about 10 MB in fp32): there the CPU's
+The learner in bf16 on a CPU (calls inside ``learner_attention()``, which
+``group_logprobs`` enters) takes this path too, for queries of any length while the score
+matrix stays small (``LEARNER_SCORES`` entries, about 10 MB in fp32): there the CPU's
 flash-attention backward is slow. One group of ``bench/cpu_costs.py`` (8 episodes of 65
 tokens over a 55-token prompt) spent 0.36 s of its 2.27 s step in that backward, 2.7× its
-fp32 time; per layer, forward and backward at 8 × 65 queries over 120 keys took 12.1 ms
-through SDPA against 4.0 ms here (8.3 against 16.6 at 120 × 120, 21 against 29 at 150 ×
-205; past about 8 × 200 × 255 SDPA is faster). In fp32 SDPA is as fast or faster, so it
-keeps it.
+fp32 time. Per layer, forward and backward, SDPA against this path (hand runs): 12.1
+against 4.0 ms at 8 × 65 queries over 120 keys, 16.6 against 8.3 at 8 × 120 × 120, 29
+against 21 at 8 × 150 × 205; past about 8 × 200 × 255 SDPA is faster. In fp32 SDPA is as
+fast or faster, so it keeps it.
 
 Longer queries in inference (prefill) and calls with features this path lacks (dropout,
-soft-capping, attention sinks, position bias) go to transformers' SDPA function unchanged. ``use_short_query_attention(model)`` switches a transformers model to
+soft-capping, attention sinks, position bias) go to transformers' SDPA function
+unchanged. ``use_short_query_attention(model)`` switches a transformers model to
 this function under the name ``"turnrl_sdpa"``; its masks are SDPA's. A fully masked row
 (a left-padding slot's query) gets 0, as from SDPA.
 """
