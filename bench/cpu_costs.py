@@ -100,17 +100,20 @@ def decode_step_seconds(model, batch: int, context: int = 80, steps: int = 8, re
 
 
 @torch.no_grad()
-def matmul_seconds(model, batch: int, repeats: int = 5) -> float:
-    """The matmuls of one decode step alone: x (batch, in) @ W.T for every linear layer of
-    the model (the LM head included), with its own weights and dtype."""
-    linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
-    dtype = linears[0].weight.dtype
-    xs = [torch.randn(batch, m.in_features, dtype=dtype) for m in linears]
+def matmul_seconds(model, batch: int, repeats: int = 5, head_rows: int | None = None) -> float:
+    """The matmuls of one forward alone (the best of ``repeats``): x (batch, in) @ W.T for
+    every linear layer of the decoder, with its own weights and dtype, and ``head_rows``
+    rows (default ``batch``: a decode step) through the LM head."""
+    head = model.get_output_embeddings()
+    linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear) and m is not head]
+    xs = [torch.randn(batch, m.in_features, dtype=m.weight.dtype) for m in linears]
+    xh = torch.randn(batch if head_rows is None else head_rows, head.in_features, dtype=head.weight.dtype)
     best = float("inf")
     for _ in range(repeats):
         t0 = time.perf_counter()
         for m, x in zip(linears, xs):
             torch.nn.functional.linear(x, m.weight)
+        torch.nn.functional.linear(xh, head.weight)
         best = min(best, time.perf_counter() - t0)
     return best
 

@@ -24,6 +24,7 @@ import time
 from pathlib import Path
 
 import torch
+from cpu_costs import matmul_seconds  # bench/: the matmuls of one forward alone
 
 from turnrl.attention import NAME as ATTENTION
 from turnrl.build import build_engine
@@ -84,25 +85,6 @@ def run_engine(model, tok, n: int = EPISODES, forwards: list | None = None):
     return dt, [[t.action_ids for t in e.turns] for e in eps]
 
 
-@torch.no_grad()
-def matmul_seconds(model, rows: int, head_rows: int, repeats: int = 3) -> float:
-    """The matmuls of one forward alone (best of ``repeats``): ``rows`` through every linear
-    layer of the decoder, ``head_rows`` through the LM head (the engine keeps one position's
-    logits per row), with the model's own weights and dtype."""
-    head = model.get_output_embeddings()
-    layers = [m for m in model.modules() if isinstance(m, torch.nn.Linear) and m is not head]
-    xs = [torch.randn(rows, m.in_features, dtype=m.weight.dtype) for m in layers]
-    xh = torch.randn(head_rows, head.in_features, dtype=head.weight.dtype)
-    best = float("inf")
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        for m, x in zip(layers, xs):
-            torch.nn.functional.linear(x, m.weight)
-        torch.nn.functional.linear(xh, head.weight)
-        best = min(best, time.perf_counter() - t0)
-    return best
-
-
 def matmul_floor(model, forwards: list[tuple[int, int, int]], action_tokens: int, batch: int = EPISODES) -> dict:
     """What the engine's run cannot go below on this machine: the seconds its forwards spend
     in matmuls alone (no attention, no framework), in the engine's own schedule (every
@@ -111,7 +93,7 @@ def matmul_floor(model, forwards: list[tuple[int, int, int]], action_tokens: int
     cache: dict[tuple[int, int], float] = {}
     def mm(rows: int, head_rows: int) -> float:
         if (rows, head_rows) not in cache:
-            cache[rows, head_rows] = matmul_seconds(model, rows, head_rows)
+            cache[rows, head_rows] = matmul_seconds(model, rows, repeats=3, head_rows=head_rows)
         return cache[rows, head_rows]
     decode = [f for f in forwards if f[1] == 1]
     prefill = [f for f in forwards if f[1] > 1]

@@ -79,7 +79,7 @@ def short_query_attention(module, query, key, value, attention_mask, dropout: fl
     special = dropout or any(kwargs.get(k) is not None for k in ("softcap", "s_aux", "sinks", "position_bias"))
     learner = _learner_path(query, length)
     causal = attention_mask is None and q > 1  # SDPA would pass is_causal: the mask is built below
-    if (q > SHORT_QUERY and not learner) or special or (causal and not learner) or h % kv \
+    if ((q > SHORT_QUERY or causal) and not learner) or special or h % kv \
             or (attention_mask is not None and attention_mask.dtype != torch.bool) \
             or (causal and not (getattr(module, "is_causal", True) if is_causal is None else is_causal)):
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout,

@@ -1,17 +1,25 @@
 """bench/rollout_throughput.py's matmul floor (the timed runs themselves are the script's)."""
 import importlib.util
+import sys
 from pathlib import Path
 
 from tests.conftest import make_tiny_model
 
-_spec = importlib.util.spec_from_file_location("rollout_throughput", Path(__file__).resolve().parents[2] / "bench" / "rollout_throughput.py")
-rt = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(rt)
+def _load(name: str):
+    """A bench script as a module (bench/ is on the path when the scripts run)."""
+    spec = importlib.util.spec_from_file_location(name, Path(__file__).resolve().parents[2] / "bench" / f"{name}.py")
+    mod = sys.modules[name] = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+_load("cpu_costs")
+rt = _load("rollout_throughput")
 
 
 def test_matmul_floor_adds_the_engines_forwards_and_an_ideal_schedule(monkeypatch):
     calls = []
-    cost = lambda model, rows, head_rows: calls.append((rows, head_rows)) or rows + 1000 * head_rows
+    cost = lambda model, rows, repeats, head_rows: calls.append((rows, head_rows)) or rows + 1000 * head_rows
     monkeypatch.setattr(rt, "matmul_seconds", cost)
     # a prefill of 4 rows x 30 tokens (100 real), then decode steps of 4, 3 and 2 rows: 9 action tokens
     forwards = [(4, 30, 100), (4, 1, 4), (3, 1, 3), (2, 1, 2)]
@@ -24,4 +32,4 @@ def test_matmul_floor_adds_the_engines_forwards_and_an_ideal_schedule(monkeypatc
 
 
 def test_matmul_seconds_times_the_linear_layers_and_the_head():
-    assert 0 < rt.matmul_seconds(make_tiny_model(), rows=8, head_rows=2, repeats=1) < 1
+    assert 0 < rt.matmul_seconds(make_tiny_model(), 8, repeats=1, head_rows=2) < 1
