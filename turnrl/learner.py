@@ -72,7 +72,10 @@ class MasterWeights:
         changed, total = 0, 0
         for p, m in zip(self.params, self.masters):
             new = m.detach().to(p.dtype)
-            changed += int((new != p).sum())
+            # compared as 16-bit integers: bf16 `!=` converts both sides to fp32 first, which took
+            # this whole step 192 ms for SmolLM2-135M against 90 (2 CPU cores). A weight going from
+            # +0 to -0 counts as changed (its bits did).
+            changed += int(torch.count_nonzero(new.view(torch.int16) != p.view(torch.int16)))
             total += p.numel()
             p.copy_(new)
         return changed / max(1, total)
