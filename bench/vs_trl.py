@@ -2,11 +2,18 @@
 
 Single-turn two-digit addition, SmolLM2-135M-Instruct, 4 prompts x 8 samples per step,
 <= 32 new tokens, temperature 0.7, top_p 1, lr 1e-6, no KL (TRL's default beta = 0),
-fp32 on the CPU. Both get the same reward (1 if the last number is the sum). TRL runs
+on the CPU. Both get the same reward (1 if the last number is the sum). TRL runs
 without gradient checkpointing (turnrl does not use it either). Seconds per step are the
-median over steps after the first (warm-up). Writes bench/results/vs_trl.json.
+median over steps after the first (warm-up).
 
-    python bench/vs_trl.py [STEPS]
+fp32 by default (bench/results/vs_trl.json). ``--dtype bf16`` (bench/results/vs_trl_bf16.json)
+gives both the model in bf16: turnrl with ``model.dtype = "bf16"`` (bf16 model, fp32 master
+weights in the optimizer), TRL the same bf16 model with ``bf16=False`` (its ``bf16=True`` is
+autocast, which ran 23x slower on this CPU), so its optimizer steps the bf16 weights
+directly, which costs it less than turnrl's masters. Both models come from
+``turnrl.models.load_model``, so TRL's generation uses turnrl's decode attention as well.
+
+    python bench/vs_trl.py [STEPS] [--dtype fp32|bf16]
 """
 from __future__ import annotations
 
@@ -23,7 +30,7 @@ ROOT = Path(__file__).resolve().parent.parent
 PROMPTS, GROUP, MAX_NEW, TEMP, LR = 4, 8, 32, 0.7, 1e-6
 
 
-def trl_seconds_per_step(steps: int, out_dir: Path) -> list[float]:
+def trl_seconds_per_step(steps: int, out_dir: Path, dtype: str) -> list[float]:
     from datasets import Dataset
     from transformers import TrainerCallback
     from trl import GRPOConfig, GRPOTrainer
@@ -59,14 +66,15 @@ def trl_seconds_per_step(steps: int, out_dir: Path) -> list[float]:
         max_steps=steps, logging_steps=1, save_strategy="no", report_to="none", use_cpu=True,
         gradient_checkpointing=False, bf16=False, seed=0, shuffle_dataset=False,
     )
-    trainer = GRPOTrainer(model=load_model("smollm2-135m"), reward_funcs=reward, args=args,
+    model = load_model("smollm2-135m", dtype=torch.bfloat16 if dtype == "bf16" else torch.float32)
+    trainer = GRPOTrainer(model=model, reward_funcs=reward, args=args,
                           train_dataset=Dataset.from_list(rows), processing_class=load_tokenizer("smollm2-135m"),
                           callbacks=[Timer()])
     trainer.train()
     return times
 
 
-def turnrl_seconds_per_step(steps: int, out_dir: Path) -> list[float]:
+def turnrl_seconds_per_step(steps: int, out_dir: Path, dtype: str) -> list[float]:
     from turnrl.config import load_config
     from turnrl.trainer import Trainer
 
@@ -77,7 +85,7 @@ def turnrl_seconds_per_step(steps: int, out_dir: Path) -> list[float]:
         "--algo.masks", "[]", "--algo.clip_high", "0.2",
         "--train.lr", str(LR), "--train.steps", str(steps), "--train.out_dir", str(out_dir),
         "--train.checkpoint_every", "0", "--eval.before", "false", "--eval.num_tasks", "1", "--eval.pass_k", "0",
-        "--log.progress", "false"])
+        "--log.progress", "false", "--model.dtype", dtype])
     Trainer(cfg).train()
     rows = [json.loads(l) for l in (out_dir / "metrics.jsonl").read_text().splitlines()]
     return [r["step_seconds"] for r in rows if r["split"] == "train"]
@@ -90,26 +98,32 @@ def main(argv: list[str]) -> int:
     if missing:  # before minutes of turnrl steps, not after
         print(f"bench/vs_trl.py needs {' and '.join(missing)}: .venv/bin/pip install -e .[bench]", file=sys.stderr)
         return 2
-    steps = int(argv[0]) if argv else 5
+    import argparse
+
+    ap = argparse.ArgumentParser(prog="bench/vs_trl.py")
+    ap.add_argument("steps", nargs="?", type=int, default=5)
+    ap.add_argument("--dtype", choices=("fp32", "bf16"), default="fp32")
+    args = ap.parse_args(argv)
+    steps = args.steps
     tmp = ROOT / "runs" / "bench_vs_trl"
     if tmp.exists():  # a benchmark is a fresh run: the trainer refuses to train over an earlier one
         print(f"vs_trl: removing the earlier runs in {tmp}", file=sys.stderr)
         shutil.rmtree(tmp)
     torch.manual_seed(0)
-    ours = turnrl_seconds_per_step(steps, tmp / "turnrl")
-    theirs = trl_seconds_per_step(steps, tmp / "trl")
+    ours = turnrl_seconds_per_step(steps, tmp / "turnrl", args.dtype)
+    theirs = trl_seconds_per_step(steps, tmp / "trl", args.dtype)
     med = lambda xs: statistics.median(xs[1:] if len(xs) > 1 else xs)
     import trl
     result = {
         "workload": {"task": "single-turn two-digit addition", "model": "SmolLM2-135M-Instruct",
                      "prompts_per_step": PROMPTS, "samples_per_prompt": GROUP, "max_new_tokens": MAX_NEW,
-                     "temperature": TEMP, "dtype": "fp32", "threads": torch.get_num_threads(), "steps": steps},
+                     "temperature": TEMP, "dtype": args.dtype, "threads": torch.get_num_threads(), "steps": steps},
         "trl_version": trl.__version__,
         "turnrl_seconds_per_step": round(med(ours), 2), "trl_seconds_per_step": round(med(theirs), 2),
         "turnrl_step_seconds": [round(x, 2) for x in ours], "trl_step_seconds": [round(x, 2) for x in theirs],
     }
     result["ratio"] = round(result["turnrl_seconds_per_step"] / result["trl_seconds_per_step"], 3)
-    out = ROOT / "bench" / "results" / "vs_trl.json"
+    out = ROOT / "bench" / "results" / ("vs_trl.json" if args.dtype == "fp32" else "vs_trl_bf16.json")
     out.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))
     return 0
