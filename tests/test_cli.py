@@ -72,7 +72,7 @@ def test_eval_runs_in_the_configured_dtype(tmp_path, tokenizer, capsys, monkeypa
             "--rollout.max_new_tokens", "3", "--eval.collapse_sample", "0", "--no-report"]
     dtypes = []
     for i, (supported, dtype) in enumerate([(True, "bf16"), (False, "bf16"), (True, "fp32")]):
-        monkeypatch.setattr(learner, "bf16_supported", lambda: supported)  # a machine without bf16 cannot be had here
+        monkeypatch.setattr(learner, "bf16_supported", lambda: supported)  # both branches on any machine
         assert main(args + ["--model.dtype", dtype, "--out", str(tmp_path / f"r{i}")]) == 0
         dtypes.append(json.loads((tmp_path / f"r{i}" / "eval.json").read_text())["meta"]["dtype"])
     assert dtypes == ["bfloat16", "float32", "float32"]

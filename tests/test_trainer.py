@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from tests.conftest import make_tiny_model
+from tests.conftest import BF16, make_tiny_model, needs_bf16
 from turnrl.algos import get_algorithm
 from turnrl.config import load_config
 from turnrl.trainer import Trainer
@@ -104,7 +104,8 @@ def test_lora_trains_adapters_only_and_saves_a_merged_model(tmp_path, tokenizer)
     cfg = cfg_for(tmp_path, "l", steps=2, extra=["--model.finetune", "lora", "--model.lora_rank", "4",
                                                  "--algo.kl_coef", "0.1", "--model.dtype", "bf16"])
     summary = Trainer(cfg, model, tokenizer).train()
-    assert torch.equal(frozen.to(torch.bfloat16), base.model.embed_tokens.weight)  # bf16: rounded once, never trained
+    dtype = torch.bfloat16 if BF16 else torch.float32  # without native bf16 the run is fp32
+    assert torch.equal(frozen.to(dtype), base.model.embed_tokens.weight)  # rounded once at most, never trained
     lora_b = [p for n, p in model.named_parameters() if "lora_B" in n]
     assert any(p.abs().sum() > 0 for p in lora_b)  # B starts at zero; training moved it
     from transformers import AutoModelForCausalLM
@@ -292,6 +293,16 @@ def test_drift_above_the_bound_is_a_warning_and_a_flag(tmp_path, tokenizer, caps
 
 # -- bf16 (model.dtype) --------------------------------------------------------------------
 
+@pytest.mark.skipif(BF16, reason="this machine computes in bf16: the fallback is tested with a patched check in test_cli.py")
+def test_bf16_on_a_machine_without_it_trains_in_fp32_and_says_so_once(tmp_path, tokenizer, capsys):
+    model = make_tiny_model()
+    t = Trainer(cfg_for(tmp_path, "nb", steps=1, extra=["--model.dtype", "bf16"]), model, tokenizer)
+    t.train()
+    assert t.learner.master is None and all(p.dtype == torch.float32 for p in model.parameters())
+    assert capsys.readouterr().err.count("no native bf16 kernels") == 1
+
+
+@needs_bf16
 def test_bf16_samples_and_trains_in_bf16_with_fp32_master_weights(tmp_path, tokenizer):
     model = make_tiny_model()
     before = weights(model)
@@ -333,6 +344,21 @@ def test_rounding_the_masters_reports_the_share_of_bf16_weights_that_changed():
     assert mw.round_into_model() == 0.0  # nothing moved since
 
 
+def test_master_gradients_add_up_in_fp32():
+    from turnrl.learner import MasterWeights
+
+    lin = torch.nn.Linear(2, 1, bias=False)
+    mw = MasterWeights(lin)
+    for g in ([1.0, 2.0], [2.0 ** -9, 3.0]):  # both exact in bf16
+        lin.weight.grad = torch.tensor([g], dtype=torch.bfloat16)
+        mw.accumulate()
+        assert lin.weight.grad is None
+    # 1 + 2^-9 is below bf16's spacing at 1 (2^-7): a bf16 sum would give 1.0
+    assert mw.masters[0].grad.dtype == torch.float32
+    assert mw.masters[0].grad.tolist() == [[1.001953125, 5.0]]
+
+
+@needs_bf16
 def test_bf16_resume_equals_an_uninterrupted_run(tmp_path, tokenizer):
     extra = ["--model.dtype", "bf16"]
     straight = make_tiny_model()
