@@ -6,19 +6,15 @@ import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never touch the network
 
+from turnrl.learner import bf16_supported  # noqa: E402 (it imports transformers: after the line above)
+
 GSM8K = Path(__file__).resolve().parents[2] / "shared" / "data" / "gsm8k" / "train.jsonl"
 needs_gsm8k = pytest.mark.skipif(not GSM8K.is_file(), reason=f"GSM8K train split not found at {GSM8K}")
 
 
-def _bf16() -> bool:
-    from turnrl.learner import bf16_supported
-
-    return bf16_supported()
-
-
 #: whether ``model.dtype = "bf16"`` runs in bf16 here: a CPU without AVX-512 (an AVX2-only
 #: AMD EPYC, say) runs it in fp32 with one line saying so
-BF16 = _bf16()
+BF16 = bf16_supported()
 needs_bf16 = pytest.mark.skipif(not BF16, reason="this machine has no native bf16 kernels: model.dtype = 'bf16' runs in fp32")
 
 
