@@ -9,7 +9,7 @@ median over steps after the first (warm-up).
 fp32 by default (bench/results/vs_trl.json). ``--dtype bf16`` (bench/results/vs_trl_bf16.json)
 gives both the model in bf16: turnrl with ``model.dtype = "bf16"`` (bf16 model, fp32 master
 weights in the optimizer), TRL the same bf16 model with ``bf16=False`` (its ``bf16=True`` is
-autocast, which ran 23x slower on this CPU), so its optimizer steps the bf16 weights
+autocast over fp32 weights, not the same setup), so its optimizer steps the bf16 weights
 directly, which costs it less than turnrl's masters. Both models come from
 ``turnrl.models.load_model``, so TRL's generation uses turnrl's decode attention as well.
 
