@@ -27,6 +27,10 @@ Every run gets its own process tree with:
 - a scrubbed environment (only ``PATH``, ``HOME``, ``LANG`` and Python's I/O settings);
 - output capped while it is read, so a program that prints forever costs nothing.
 
+The pieces live beside this file: ``seccomp.py`` (the filter), ``uids.py`` (a uid per run
+as root), ``cgroups.py`` (a cgroup per run) and ``supervise.py`` (stdin, output and the
+deadline).
+
 Without bubblewrap, runs fall back to rlimits, a scrubbed environment and a temporary
 working directory, with a loud warning: no network or file-system isolation then.
 Without a writable cgroup (not root, or /sys/fs/cgroup read-only) memory is limited per
@@ -34,15 +38,11 @@ process only (``RLIMIT_AS``), also with a warning.
 """
 from __future__ import annotations
 
-import errno
-import fcntl
 import os
 import platform
 import resource
-import selectors
 import shutil
 import signal
-import struct
 import subprocess
 import tempfile
 import threading
@@ -51,50 +51,14 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
+from turnrl.tools import uids
 from turnrl.tools.cgroups import RunCgroup, find_cgroup_layout
+from turnrl.tools.seccomp import seccomp_filter
+from turnrl.tools.supervise import supervise
 
-# Run as root, each concurrent run gets a uid of its own from this range, so one run's
-# fork bomb exhausts only its own process limit (RLIMIT_NPROC counts per uid). A lock file
-# per slot makes the uid the run's alone across every turnrl process on the machine.
-UID_BASE, UID_SLOTS = 3_000_000, 256
-SLOT_LOCK_DIRS = ("/run/turnrl-sandbox", "/tmp/turnrl-sandbox")
 _SYSTEM_DIRS = ("/usr", "/etc/alternatives", "/etc/ld.so.cache", "/etc/ld.so.conf", "/etc/ld.so.conf.d")
-_GRACE_S = 0.5  # after a kill: how long to drain the pipes before closing them regardless
-# Syscalls no program needs, and that can reach outside its own process: denied with EPERM.
-_DENIED_SYSCALLS = {  # name: (x86-64, aarch64)
-    "ptrace": (101, 117), "process_vm_readv": (310, 270), "process_vm_writev": (311, 271),
-    "pidfd_getfd": (438, 438), "kcmp": (312, 272), "perf_event_open": (298, 241), "bpf": (321, 280),
-    "userfaultfd": (323, 282), "keyctl": (250, 219), "add_key": (248, 217), "request_key": (249, 218),
-    "io_uring_setup": (425, 425), "io_uring_enter": (426, 426), "io_uring_register": (427, 427),
-    "mount": (165, 40), "umount2": (166, 39), "pivot_root": (155, 41), "chroot": (161, 51),
-    "unshare": (272, 97), "setns": (308, 268), "open_by_handle_at": (304, 265), "name_to_handle_at": (303, 264),
-    "fsopen": (430, 430), "fsconfig": (431, 431), "fsmount": (432, 432), "fspick": (433, 433),
-    "move_mount": (429, 429), "open_tree": (428, 428), "mount_setattr": (442, 442),
-    "swapon": (167, 224), "swapoff": (168, 225), "reboot": (169, 142), "init_module": (175, 105),
-    "finit_module": (313, 273), "delete_module": (176, 106), "kexec_load": (246, 104),
-    "kexec_file_load": (320, 294), "acct": (163, 89), "syslog": (103, 116),
-}
-_AUDIT_ARCH = {"x86_64": (0xC000003E, 0), "aarch64": (0xC00000B7, 1)}
-
-
-def seccomp_filter(machine: str | None = None) -> bytes | None:
-    """The run's seccomp filter as a classic BPF program (what ``bwrap --seccomp FD`` loads),
-    or None on an architecture it does not know. Other ABIs (x32, 32-bit compat) get ENOSYS
-    for every call; the denied syscalls get EPERM; everything else is allowed."""
-    arch = _AUDIT_ARCH.get(machine or platform.machine())
-    if arch is None:
-        return None
-    audit_arch, column = arch
-    ld, jeq, jge, ret = 0x20, 0x15, 0x35, 0x06  # BPF_LD|W|ABS, BPF_JMP|JEQ|K, BPF_JMP|JGE|K, BPF_RET|K
-    allow, eperm, enosys = 0x7FFF0000, 0x00050000 | errno.EPERM, 0x00050000 | errno.ENOSYS
-    nrs = sorted({v[column] for v in _DENIED_SYSCALLS.values()})
-    prog = [(ld, 0, 0, 4), (jeq, 1, 0, audit_arch), (ret, 0, 0, enosys), (ld, 0, 0, 0)]
-    checks = ([(jge, 0, 0, 0x40000000)] if column == 0 else []) + [(jeq, 0, 0, nr) for nr in nrs]
-    deny_at = len(prog) + len(checks) + 1  # after the checks and the final allow
-    for code, _, _, k in checks:
-        prog.append((code, deny_at - len(prog) - 1, 0, k))  # jump to the EPERM return when equal
-    prog += [(ret, 0, 0, allow), (ret, 0, 0, eperm)]
-    return b"".join(struct.pack("HBBI", *insn) for insn in prog)
+_ENV = {"PATH": "/usr/bin:/bin", "HOME": "/sandbox", "LANG": "C.UTF-8", "PYTHONIOENCODING": "utf-8",
+        "PYTHONDONTWRITEBYTECODE": "1", "PYTHONUNBUFFERED": "1"}  # all a run's environment holds
 
 
 @dataclass(frozen=True)
@@ -146,7 +110,6 @@ class RunResult:
         return (out.rstrip() + ("\n" if out.strip() else "") + "\n".join(f"[{n}]" for n in notes)).strip() or "[no output]"
 
 
-
 def _set_limits(limits: dict) -> None:
     """Fallback without prlimit: rlimits in the child before exec."""
     names = {"cpu": resource.RLIMIT_CPU, "as": resource.RLIMIT_AS, "fsize": resource.RLIMIT_FSIZE,
@@ -160,39 +123,6 @@ def bwrap_path() -> str | None:
     return shutil.which("bwrap")
 
 
-def _count_processes(uid: int) -> int:
-    n = 0
-    for d in Path("/proc").iterdir():
-        if d.name.isdigit():
-            try:
-                if d.stat().st_uid == uid:
-                    n += len(list((d / "task").iterdir()))
-            except OSError:
-                pass
-    return n
-
-
-def _wait_uid_clear(uid: int, timeout_s: float = 2.0) -> bool:
-    """Kill and wait until ``uid`` has no process left (exited processes are reaped by init);
-    False if some remain after ``timeout_s``."""
-    deadline = time.monotonic() + timeout_s
-    while _count_processes(uid):
-        if time.monotonic() > deadline:
-            return False
-        _kill_uid(uid)
-        time.sleep(0.01)
-    return True
-
-
-def _kill_uid(uid: int) -> None:
-    """SIGKILL every process of ``uid`` (a run's own uid, never ours): kill(-1) sent as that uid."""
-    try:
-        subprocess.run(["/bin/sh", "-c", "kill -9 -1"], user=uid, group=uid, extra_groups=[], env={},
-                       stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=2)
-    except (OSError, subprocess.SubprocessError):
-        pass
-
-
 # Run as root before the program: join the run's cgroups, mount its tmpfs directories
 # (inside a private mount namespace, so they vanish with the run), then exec the rest.
 _LAUNCH = """n=$1; shift
@@ -203,25 +133,12 @@ exec "$@"
 """
 
 
-def _slot_lock_dir() -> str:
-    for d in SLOT_LOCK_DIRS:
-        try:
-            os.makedirs(d, mode=0o700, exist_ok=True)
-            if os.stat(d).st_uid == os.geteuid() and os.access(d, os.W_OK):
-                return d
-        except OSError:
-            pass
-    raise RuntimeError(f"sandbox: none of {', '.join(SLOT_LOCK_DIRS)} is a writable directory of ours for uid slot locks")
-
-
 class Sandbox:
     """``Sandbox().run_python(code)``; thread-safe, so many episodes' calls run at once."""
 
     _warned = False
     _cgroup_warned = False
     _seccomp_warned = False
-    _slots_lock = threading.Lock()
-    _held_slots: dict[int, int] = {}  # slot -> fd of its flock'ed lock file
     _layout_lock = threading.Lock()
     _layout: list | None = None
     _layout_known = False
@@ -277,120 +194,103 @@ class Sandbox:
 
     def run(self, argv: list[str], stdin: str = "", files: dict[str, str] | None = None) -> RunResult:
         """Run ``argv`` in the working directory, where ``files`` (name -> text) are put first."""
-        slot = self._take_slot() if self.as_root else None
+        slot = uids.take_slot() if self.as_root else None
         try:
-            return self._run(argv, stdin, files or {}, UID_BASE + slot if slot is not None else os.getuid())
+            return self._run(argv, stdin, files or {}, uids.UID_BASE + slot if slot is not None else os.getuid())
         finally:
             if slot is not None:
-                # RLIMIT_NPROC counts every process of the uid, dying ones included: hand the slot
-                # on only once the run's processes are gone, or the next run could not fork
-                _wait_uid_clear(UID_BASE + slot)
-                with Sandbox._slots_lock:
-                    os.close(Sandbox._held_slots.pop(slot))  # closing the file releases its lock
-
-    @classmethod
-    def _take_slot(cls) -> int:
-        """A uid slot no other run on this machine holds: a lock file per slot, flock'ed."""
-        lock_dir = _slot_lock_dir()
-        first = os.getpid() % UID_SLOTS  # processes start in different places of the ring
-        passes = 0
-        while True:
-            with cls._slots_lock:
-                for i in range(UID_SLOTS):
-                    slot = (first + i) % UID_SLOTS
-                    if slot in cls._held_slots:
-                        continue
-                    fd = os.open(f"{lock_dir}/slot-{slot}.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-                    try:
-                        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    except OSError:
-                        os.close(fd)
-                        continue
-                    if passes == 0 and _count_processes(UID_BASE + slot):
-                        os.close(fd)  # a process of this uid is still there (a zombie nobody reaps): another slot
-                        continue
-                    cls._held_slots[slot] = fd
-                    return slot
-            passes += 1
-            time.sleep(0.05)
+                uids.release_slot(slot)
 
     def _run(self, argv: list[str], stdin: str, files: dict[str, str], uid: int) -> RunResult:
         lim = self.limits
         with tempfile.TemporaryDirectory(prefix="turnrl-sbx-") as work:
-            for name, text in files.items():
-                if "/" in name or name.startswith("."):
-                    raise ValueError(f"sandbox file name {name!r} must be a plain name")
-                Path(work, name).write_text(text, encoding="utf-8", errors="surrogateescape")
-                Path(work, name).chmod(0o644)
-            mounts: list[str] = []  # tmpfs options, directory; made as root, in the run's own mount namespace
-            if self.as_root:
-                os.chown(work, uid, uid)
-                if self.bwrap:
-                    for name, mode in (("sandbox", "0755"), ("tmp", "1777"), ("shm", "1777")):
-                        Path(work, f".{name}").mkdir()
-                        mounts += [f"size={lim.disk_mb << 20},nr_inodes={lim.max_files},mode={mode},uid={uid},gid={uid},"
-                                   "nosuid,nodev", str(Path(work, f".{name}"))]
-            nproc = lim.processes + (0 if self.as_root else _count_processes(uid))
-            env = {"PATH": "/usr/bin:/bin", "HOME": "/sandbox", "LANG": "C.UTF-8", "PYTHONIOENCODING": "utf-8",
-                   "PYTHONDONTWRITEBYTECODE": "1", "PYTHONUNBUFFERED": "1"}
+            mounts = self._workdir(work, files, uid)
             pass_fds: tuple[int, ...] = ()
-            if self.bwrap:
-                if self.seccomp is not None:  # bwrap reads the filter from a pipe and loads it just before exec
-                    r, w = os.pipe()
-                    os.write(w, self.seccomp)
-                    os.close(w)
-                    pass_fds = (r,)
-                cmd = self._bwrap_argv(argv, work, sorted(files), pass_fds[0] if pass_fds else None, bool(mounts))
-                cwd = "/"
-            else:
-                cmd, cwd = argv, work
-                env["HOME"] = work
-
-            limits = {"cpu": f"{lim.cpu_s}:{lim.cpu_s + 1}", "as": lim.memory_mb << 20, "fsize": lim.file_mb << 20,
-                      "nofile": lim.open_files, "nproc": nproc, "core": 0}
-            prlimit = shutil.which("prlimit")
-            extra: dict = {}
-            if prlimit:  # util-linux sets the limits and execs: no Python runs between fork and exec
-                cmd = [prlimit, *(f"--{k}={v}" for k, v in limits.items()), "--", *cmd]
-            else:
-                extra["preexec_fn"] = lambda: _set_limits(limits)
+            if self.bwrap and self.seccomp is not None:  # bwrap reads the filter from a pipe and loads it just before exec
+                r, w = os.pipe()
+                os.write(w, self.seccomp)
+                os.close(w)
+                pass_fds = (r,)
             cgroup = None
             try:
+                env = dict(_ENV)
+                if self.bwrap:
+                    cmd, cwd = self._bwrap_argv(argv, work, sorted(files), pass_fds[0] if pass_fds else None, bool(mounts)), "/"
+                else:
+                    cmd, cwd, env["HOME"] = argv, work, work
+                cmd, extra = self._with_rlimits(cmd, lim.processes + (0 if self.as_root else uids.count_processes(uid)))
                 if self.cgroup is not None:
                     cgroup = RunCgroup(self.cgroup, lim.memory_mb << 20, lim.processes + 4)  # + bubblewrap's two
-                if self.as_root:
-                    cmd = [shutil.which("setpriv"), f"--reuid={uid}", f"--regid={uid}", "--clear-groups", "--", *cmd]
-                procs = cgroup.procs_files if cgroup else []
-                if procs or mounts:
-                    cmd = ["/bin/sh", "-c", _LAUNCH, "sh", str(len(procs)), *procs, str(len(mounts) // 2), *mounts, *cmd]
-                if self.as_root:
-                    # A pid namespace of the run's own, whose init is the chain below (bubblewrap in the
-                    # end): when it exits the kernel kills and reaps everything left in it. Without it,
-                    # bubblewrap's own pid 1 can outlive its parent as a zombie on a host whose init
-                    # reaps nothing, and the uid's process limit fills up run after run.
-                    ns = ["--mount", "--propagation", "private"] if mounts else []
-                    # The namespace's init is a root shell waiting for the chain (the program itself must
-                    # not be init: init ignores the kernel's SIGXCPU); its stderr and unshare's are
-                    # /dev/null (they report the chain's death), the chain gets the run's stderr back.
-                    fd = next(n for n in range(3, 10) if n not in pass_fds)  # a free one-digit fd for sh
-                    # setpriv --pdeathsig: unshare dies with the thread that started it, and takes the
-                    # namespace (bubblewrap included) with it (--kill-child): no run outlives its caller.
-                    cmd = ["/bin/sh", "-c", f'exec {fd}>&2 2>/dev/null; exec "$@"', "sh",
-                           shutil.which("setpriv"), "--pdeathsig", "KILL", "--",
-                           shutil.which("unshare"), "--pid", "--fork", "--kill-child", *ns, "--",
-                           "/bin/sh", "-c", f'( exec "$@" 2>&{fd} {fd}>&- ); exit $?', "sh", *cmd]
+                cmd = self._launch_chain(cmd, uid, cgroup.procs_files if cgroup else [], mounts, pass_fds)
                 t0 = time.monotonic()
-                try:
-                    proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                            cwd=cwd, env=env, start_new_session=True, close_fds=True, pass_fds=pass_fds,
-                                            **extra)
-                finally:
-                    for fd in pass_fds:
-                        os.close(fd)
-                return self._collect(proc, stdin, t0, cgroup, uid if self.as_root else None)
+                proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                        cwd=cwd, env=env, start_new_session=True, close_fds=True, pass_fds=pass_fds,
+                                        **extra)
+                for fd in pass_fds:
+                    os.close(fd)
+                pass_fds = ()
+                return self._supervise(proc, stdin, t0, cgroup, uid if self.as_root else None)
             finally:
+                for fd in pass_fds:
+                    os.close(fd)
                 if cgroup is not None:
                     cgroup.remove()
+
+    def _workdir(self, work: str, files: dict[str, str], uid: int) -> list[str]:
+        """Put ``files`` into ``work``; as root with bubblewrap, make the run's tmpfs mount
+        points there and return their (options, directory) pairs, flat, for ``_LAUNCH``."""
+        for name, text in files.items():
+            if "/" in name or name.startswith("."):
+                raise ValueError(f"sandbox file name {name!r} must be a plain name")
+            Path(work, name).write_text(text, encoding="utf-8", errors="surrogateescape")
+            Path(work, name).chmod(0o644)
+        mounts: list[str] = []  # mounted as root, in the run's own mount namespace
+        if self.as_root:
+            os.chown(work, uid, uid)
+            if self.bwrap:
+                lim = self.limits
+                for name, mode in (("sandbox", "0755"), ("tmp", "1777"), ("shm", "1777")):
+                    Path(work, f".{name}").mkdir()
+                    mounts += [f"size={lim.disk_mb << 20},nr_inodes={lim.max_files},mode={mode},uid={uid},gid={uid},"
+                               "nosuid,nodev", str(Path(work, f".{name}"))]
+        return mounts
+
+    def _with_rlimits(self, cmd: list[str], nproc: int) -> tuple[list[str], dict]:
+        """``cmd`` under the run's rlimits, and the extra ``Popen`` arguments that need."""
+        lim = self.limits
+        limits = {"cpu": f"{lim.cpu_s}:{lim.cpu_s + 1}", "as": lim.memory_mb << 20, "fsize": lim.file_mb << 20,
+                  "nofile": lim.open_files, "nproc": nproc, "core": 0}
+        prlimit = shutil.which("prlimit")
+        if prlimit:  # util-linux sets the limits and execs: no Python runs between fork and exec
+            return [prlimit, *(f"--{k}={v}" for k, v in limits.items()), "--", *cmd], {}
+        return cmd, {"preexec_fn": lambda: _set_limits(limits)}
+
+    def _launch_chain(self, cmd: list[str], uid: int, procs: list[str], mounts: list[str],
+                      pass_fds: tuple[int, ...]) -> list[str]:
+        """What runs before ``cmd``: as root, ``setpriv`` to the run's uid; the launcher that
+        joins the run's cgroups and mounts its tmpfs directories; as root, a pid namespace
+        of the run's own."""
+        if self.as_root:
+            cmd = [shutil.which("setpriv"), f"--reuid={uid}", f"--regid={uid}", "--clear-groups", "--", *cmd]
+        if procs or mounts:
+            cmd = ["/bin/sh", "-c", _LAUNCH, "sh", str(len(procs)), *procs, str(len(mounts) // 2), *mounts, *cmd]
+        if not self.as_root:
+            return cmd
+        # A pid namespace of the run's own, whose init is the chain below (bubblewrap in the
+        # end): when it exits the kernel kills and reaps everything left in it. Without it,
+        # bubblewrap's own pid 1 can outlive its parent as a zombie on a host whose init
+        # reaps nothing, and the uid's process limit fills up run after run.
+        ns = ["--mount", "--propagation", "private"] if mounts else []
+        # The namespace's init is a root shell waiting for the chain (the program itself must
+        # not be init: init ignores the kernel's SIGXCPU); its stderr and unshare's are
+        # /dev/null (they report the chain's death), the chain gets the run's stderr back.
+        fd = next(n for n in range(3, 10) if n not in pass_fds)  # a free one-digit fd for sh
+        # setpriv --pdeathsig: unshare dies with the thread that started it, and takes the
+        # namespace (bubblewrap included) with it (--kill-child): no run outlives its caller.
+        return ["/bin/sh", "-c", f'exec {fd}>&2 2>/dev/null; exec "$@"', "sh",
+                shutil.which("setpriv"), "--pdeathsig", "KILL", "--",
+                shutil.which("unshare"), "--pid", "--fork", "--kill-child", *ns, "--",
+                "/bin/sh", "-c", f'( exec "$@" 2>&{fd} {fd}>&- ); exit $?', "sh", *cmd]
 
     def _bwrap_argv(self, argv: list[str], work: str, files: list[str], seccomp_fd: int | None,
                     own_mounts: bool) -> list[str]:
@@ -423,89 +323,25 @@ class Sandbox:
             cmd += ["--ro-bind", str(Path(work, name)), f"/sandbox/{name}"]
         # /dev (its device nodes stay usable) and the root tmpfs have no size cap: nothing may be written there
         cmd += ["--remount-ro", "/dev", "--remount-ro", "/"]
-        for k, v in (("PATH", "/usr/bin:/bin"), ("HOME", "/sandbox"), ("LANG", "C.UTF-8"), ("PYTHONIOENCODING", "utf-8"),
-                     ("PYTHONDONTWRITEBYTECODE", "1"), ("PYTHONUNBUFFERED", "1")):
+        for k, v in _ENV.items():
             cmd += ["--setenv", k, v]
         return cmd + ["--", *argv]
 
-    def _collect(self, proc: subprocess.Popen, stdin: str, t0: float, cgroup: RunCgroup | None,
-                 uid: int | None) -> RunResult:
-        """Feed stdin and read both pipes as data arrives, in this thread, until the run ends;
-        then kill what is left of it. Never waits on a pipe past the deadline plus a grace."""
-        lim = self.limits
-        out_fd, err_fd = proc.stdout.fileno(), proc.stderr.fileno()
-        bufs = {out_fd: bytearray(), err_fd: bytearray()}
-        sel = selectors.DefaultSelector()
-        for fd in bufs:
-            os.set_blocking(fd, False)
-            sel.register(fd, selectors.EVENT_READ)
-        pending = memoryview(stdin.encode())
-        win = proc.stdin.fileno()
-        if pending:
-            os.set_blocking(win, False)
-            sel.register(win, selectors.EVENT_WRITE)
-        else:
-            proc.stdin.close()
-        total, timed_out, exceeded = 0, False, False
-        deadline = t0 + lim.wall_s
-        stop_at = None  # set once the run is over or stopped: drain the pipes until then
-        while True:
-            now = time.monotonic()
-            if stop_at is None:
-                timed_out = now >= deadline and proc.poll() is None
-                if timed_out or exceeded or proc.poll() is not None:
-                    self._kill(proc, cgroup, uid)  # after a normal end too: nothing outlives its run
-                    stop_at = time.monotonic() + _GRACE_S
-            if stop_at is not None and (not sel.get_map() or time.monotonic() >= stop_at):
-                break
-            wait = max(0.0, min((stop_at or deadline) - time.monotonic(), 0.05 if sel.get_map() else 0.005))
-            for key, _ in sel.select(wait) if sel.get_map() else (time.sleep(wait) or ()):
-                fd = key.fd
-                if fd == win:
-                    try:
-                        pending = pending[os.write(fd, pending[:65536]):]
-                    except BlockingIOError:
-                        continue
-                    except OSError:
-                        pending = pending[:0]
-                    if not pending:
-                        sel.unregister(fd)
-                        proc.stdin.close()
-                    continue
-                try:
-                    chunk = os.read(fd, 65536)
-                except BlockingIOError:
-                    continue
-                except OSError:
-                    chunk = b""
-                if not chunk:
-                    sel.unregister(fd)
-                    continue
-                total += len(chunk)
-                room = lim.output_bytes - sum(len(b) for b in bufs.values())
-                if room > 0:
-                    bufs[fd] += chunk[:room]
-                if total > 4 * lim.output_bytes:
-                    exceeded = True
-        sel.close()
-        try:
-            proc.wait(timeout=_GRACE_S)
-        except subprocess.TimeoutExpired:  # cannot happen short of an unkillable process; do not wait on it
-            pass
-        for s in (proc.stdin, proc.stdout, proc.stderr):
-            try:
-                s.close()
-            except OSError:
-                pass
+    def _supervise(self, proc: subprocess.Popen, stdin: str, t0: float, cgroup: RunCgroup | None,
+                   uid: int | None) -> RunResult:
+        """Run ``proc`` to its end under the wall clock and output cap (``supervise``), then
+        say how it ended."""
+        out = supervise(proc, stdin, t0 + self.limits.wall_s, self.limits.output_bytes,
+                        kill=lambda: self._kill(proc, cgroup, uid))
         memory_exceeded = cgroup is not None and cgroup.memory_exceeded()
         code = proc.returncode
-        stopped = timed_out or exceeded
+        stopped = out.timed_out or out.exceeded
         sig = -code if code is not None and code < 0 else None
         if (self.bwrap or self.as_root) and code is not None and code > 128 and not stopped:
             sig = code - 128  # bwrap, and unshare as root, report a child killed by a signal as 128 + signal
-        return RunResult(bufs[out_fd].decode("utf-8", "replace"), bufs[err_fd].decode("utf-8", "replace"),
+        return RunResult(out.stdout.decode("utf-8", "replace"), out.stderr.decode("utf-8", "replace"),
                          None if (stopped or sig is not None or code is None) else code,
-                         timed_out=timed_out, output_exceeded=exceeded, signal=sig,
+                         timed_out=out.timed_out, output_exceeded=out.exceeded, signal=sig,
                          wall_s=time.monotonic() - t0, memory_exceeded=memory_exceeded)
 
     @staticmethod
@@ -517,7 +353,7 @@ class Sandbox:
         if cgroup is not None:
             cgroup.kill()
         if uid is not None:
-            _kill_uid(uid)
+            uids.kill_uid(uid)
             try:
                 proc.wait(timeout=0.5)
             except subprocess.TimeoutExpired:
