@@ -182,22 +182,6 @@ def _check_on_env_error(on_env_error: str) -> None:
         raise ValueError(f"on_env_error={on_env_error!r} must be one of {', '.join(ON_ENV_ERROR)}")
 
 
-def _sample(envs, live: list[int], contexts: list[list[int]], sp: SamplingParams, cfg: RolloutConfig,
-            seeds: list[int], member: list[int], engine: Engine, chat: ChatFormat):
-    """One batched turn for the live episodes: their env states before the action (GiGPO),
-    one request each with its own budget (the turn limit, or its room left in the context)
-    and its own seed, the results, the replies as ActionText (the env sees whether the token
-    limit cut a reply off), and the generate call's seconds."""
-    t0 = time.perf_counter()
-    states = [getattr(envs[i], "state", lambda: None)() for i in live]
-    requests = [GenRequest(i, list(contexts[i]), max(1, min(sp.max_new_tokens, cfg.max_context - len(contexts[i]))),
-                           seed=mix_seed(sp.seed, seeds[i], member[i])) for i in live]  # a copy: contexts grow
-    results = engine.generate(requests, sp)
-    latency = time.perf_counter() - t0
-    texts = [ActionText(chat.decode_action(res.token_ids), cut_off=not res.stopped) for res in results]
-    return states, results, texts, latency
-
-
 class _Context:
     """How an episode's next context is made; ``ids[i]``: the ids episode ``i``'s next action
     is sampled after. ``collect`` calls ``begin`` once, then ``shown`` / ``info`` /
@@ -304,62 +288,100 @@ def collect(
     per episode (``_Stitched``); every other case rebuilds each turn's context
     (``_Rebuilt``, see ``turn_context``) and records it on the turn (``context_ids``)."""
     _check_on_env_error(on_env_error)
-    ctx = (_Stitched if cfg.context == "full" and chat.append_only else _Rebuilt)(cfg, chat)
-    episodes, live = [], []
-    for i, (env, seed, gid) in enumerate(zip(envs, seeds, group_ids)):
-        ep = Episode(turns=[], group_id=gid, seed=seed)
-        episodes.append(ep)
-        try:
-            opening = ctx.begin(i, list(env_call(env, seed, None)))
-            ep.messages, ep.gold_answer = list(opening), getattr(env, "gold_answer", lambda: None)()
-            for text in (prefixes[i] if prefixes else []):
-                action = chat.replay_ids(text)  # ends with the template's own end-of-turn token
-                shown, missing = ctx.shown(i, text)
-                step = env_call(env, seed, len(ep.turns) + 1, shown)
-                ep.turns.append(Turn(action_ids=action, action_logprobs=[0.0] * len(action), text=text,
-                                     reward=step.reward, void=missing, frozen=True, info=ctx.info(step, missing),
-                                     feedback=list(step.messages), **ctx.turn_ids(i)))
-                ep.messages += [Message("assistant", text), *step.messages]
-                if step.terminated or step.truncated or len(ep.turns) >= env.max_turns:
-                    raise ValueError(f"prefix of env {i} ends the episode; it cannot start a group")
-                ctx.advance(i, action, text, True, list(step.messages))
-        except EnvStepError as err:
-            if on_env_error == "raise":
-                raise
-            fail_episode(ep, err)
-            continue
-        live.append(i)
-
-    member = member_index(seeds, group_ids)
+    run = _Rollout(envs, seeds, member_index(seeds, group_ids), engine, chat, cfg, on_env_error)
+    episodes = [Episode(turns=[], group_id=gid, seed=seed) for seed, gid in zip(seeds, group_ids)]
+    live = [i for i, ep in enumerate(episodes) if run.open(i, ep, prefixes[i] if prefixes else [])]
     turn = 0
     while live:
-        sp = turn_sampling(cfg, turn)
-        temp = sp.temperature
-        states, results, texts, latency = _sample(envs, live, ctx.ids, sp, cfg, seeds, member, engine, chat)
-        seen = [ctx.shown(i, t) for i, t in zip(live, texts)]
-        env_texts = [ActionText(shown, cut_off=t.cut_off) for (shown, _), t in zip(seen, texts)]
-        steps = step_envs([envs[i] for i in live], env_texts, [seeds[i] for i in live], turn,  # model output never
-                          on_env_error)  # crashes a run: envs parse defensively
-        still = []
-        for i, res, text, (_, missing), step, state in zip(live, results, texts, seen, steps, states):
-            ep = episodes[i]
-            if isinstance(step, EnvStepError):
-                fail_episode(ep, step)
-                continue
-            if add_turn(ep, Turn(
-                action_ids=res.token_ids, action_logprobs=res.logprobs, text=str(text), reward=float(step.reward),
-                void=not step.valid or missing, cut_by_length=not res.stopped, temperature=temp if temp > 0 else 1.0,
-                info=ctx.info(step, missing), feedback=list(step.messages), latency_s=latency, state=state,
-                **ctx.turn_ids(i),
-            ), step, envs[i].max_turns):
-                continue
-            if not ctx.advance(i, res.token_ids, str(text), res.stopped, list(step.messages)):
-                ep.truncated, ep.truncated_by = True, "context"
-                continue
-            still.append(i)
-        live = still
+        live = run.turn(episodes, live, turn)
         turn += 1
     engine.release()
     for ep, env in zip(episodes, envs):
         ep.task_id = getattr(getattr(env, "task", None), "id", "")
     return episodes
+
+
+class _Rollout:
+    """What one ``collect`` call keeps fixed: the envs and their seeds, the engine, the
+    context strategy (``ctx.ids[i]``: what episode ``i`` samples after next)."""
+
+    def __init__(self, envs: list[Env], seeds: list[int], member: list[int], engine: Engine, chat: ChatFormat,
+                 cfg: RolloutConfig, on_env_error: str):
+        self.envs, self.seeds, self.member = envs, seeds, member
+        self.engine, self.chat, self.cfg, self.on_env_error = engine, chat, cfg, on_env_error
+        self.ctx = (_Stitched if cfg.context == "full" and chat.append_only else _Rebuilt)(cfg, chat)
+
+    def open(self, i: int, ep: Episode, prefix: list[str]) -> bool:
+        """Reset env ``i`` into ``ep`` and replay ``prefix``; False when its env raised and
+        ``on_env_error="fail"`` ended the episode."""
+        env = self.envs[i]
+        try:
+            opening = self.ctx.begin(i, list(env_call(env, self.seeds[i], None)))
+            ep.messages, ep.gold_answer = list(opening), getattr(env, "gold_answer", lambda: None)()
+            for text in prefix:
+                self._replay(i, ep, text)
+        except EnvStepError as err:
+            if self.on_env_error == "raise":
+                raise
+            fail_episode(ep, err)
+            return False
+        return True
+
+    def _replay(self, i: int, ep: Episode, text: str) -> None:
+        """An earlier reply as a frozen turn: the env answers it, the context keeps it."""
+        env = self.envs[i]
+        action = self.chat.replay_ids(text)  # ends with the template's own end-of-turn token
+        shown, missing = self.ctx.shown(i, text)
+        step = env_call(env, self.seeds[i], len(ep.turns) + 1, shown)
+        ep.turns.append(Turn(action_ids=action, action_logprobs=[0.0] * len(action), text=text, reward=step.reward,
+                             void=missing, frozen=True, info=self.ctx.info(step, missing),
+                             feedback=list(step.messages), **self.ctx.turn_ids(i)))
+        ep.messages += [Message("assistant", text), *step.messages]
+        if step.terminated or step.truncated or len(ep.turns) >= env.max_turns:
+            raise ValueError(f"prefix of env {i} ends the episode; it cannot start a group")
+        self.ctx.advance(i, action, text, True, list(step.messages))
+
+    def turn(self, episodes: list[Episode], live: list[int], turn: int) -> list[int]:
+        """One batched turn of the ``live`` episodes (``turn``: 0-based); the ones that go on."""
+        sp = turn_sampling(self.cfg, turn)
+        states, results, texts, latency = self._sample(live, sp)
+        seen = [self.ctx.shown(i, t) for i, t in zip(live, texts)]
+        env_texts = [ActionText(shown, cut_off=t.cut_off) for (shown, _), t in zip(seen, texts)]
+        steps = step_envs([self.envs[i] for i in live], env_texts, [self.seeds[i] for i in live], turn,  # model output
+                          self.on_env_error)  # never crashes a run: envs parse defensively
+        temp = sp.temperature if sp.temperature > 0 else 1.0
+        return [i for i, res, text, (_, missing), step, state in zip(live, results, texts, seen, steps, states)
+                if self._record(i, episodes[i], res, text, missing, step, state, temp, latency)]
+
+    def _sample(self, live: list[int], sp: SamplingParams):
+        """One batched generate call for the live episodes: their env states before the action
+        (GiGPO), one request each with its own budget (the turn limit, or its room left in the
+        context) and its own seed, the results, the replies as ActionText (the env sees whether
+        the token limit cut a reply off), and the call's seconds."""
+        t0 = time.perf_counter()
+        ids, cfg = self.ctx.ids, self.cfg
+        states = [getattr(self.envs[i], "state", lambda: None)() for i in live]
+        requests = [GenRequest(i, list(ids[i]), max(1, min(sp.max_new_tokens, cfg.max_context - len(ids[i]))),
+                               seed=mix_seed(sp.seed, self.seeds[i], self.member[i])) for i in live]  # a copy: ids grow
+        results = self.engine.generate(requests, sp)
+        latency = time.perf_counter() - t0
+        texts = [ActionText(self.chat.decode_action(res.token_ids), cut_off=not res.stopped) for res in results]
+        return states, results, texts, latency
+
+    def _record(self, i: int, ep: Episode, res, text: ActionText, missing: bool, step: Step | EnvStepError, state,
+                temperature: float, latency: float) -> bool:
+        """Add the sampled turn and the env's answer to episode ``i``; True when it goes on."""
+        if isinstance(step, EnvStepError):
+            fail_episode(ep, step)
+            return False
+        if add_turn(ep, Turn(
+            action_ids=res.token_ids, action_logprobs=res.logprobs, text=str(text), reward=float(step.reward),
+            void=not step.valid or missing, cut_by_length=not res.stopped, temperature=temperature,
+            info=self.ctx.info(step, missing), feedback=list(step.messages), latency_s=latency, state=state,
+            **self.ctx.turn_ids(i),
+        ), step, self.envs[i].max_turns):
+            return False
+        if not self.ctx.advance(i, res.token_ids, str(text), res.stopped, list(step.messages)):
+            ep.truncated, ep.truncated_by = True, "context"
+            return False
+        return True
