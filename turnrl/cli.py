@@ -149,7 +149,8 @@ def _algos(args, rest: list[str]) -> int:
     for name, a in ALGORITHMS.items():
         paper = f" (arXiv {a.paper})" if a.paper else ""
         print(f"{name}{paper}: {a.summary}")
-        print(f"    reads: {', '.join(sorted(a.reads)) or '-'}; needs: {', '.join(sorted(a.needs)) or '-'}")
+        print(f"    reads: {', '.join(sorted(a.reads)) or '-'}; needs: {', '.join(sorted(a.needs)) or '-'}; "
+              f"default masks: {', '.join(a.default_masks) or '-'}")
     return 0
 
 

@@ -147,9 +147,11 @@ class AlgoConfig(Section):
     clip_low: float = Field(0.2, ge=0, lt=1, description="PPO ratio lower bound 1-clip_low")
     clip_high: float = Field(0.28, ge=0, description="PPO ratio upper bound 1+clip_high (DAPO clip-higher)")
     kl_coef: float = Field(0.0, ge=0, description="weight of the k3 KL to the frozen initial policy; 0 = no reference model")
-    masks: list[str] = Field(default_factory=lambda: ["zero_variance"],
-                             description="masks and filters before the update: void, over_turn, overlong, repeat, "
-                                         "zero_variance, top_variance")
+    masks: list[str] | None = Field(None, description="masks and filters before the update: void, over_turn, overlong, "
+                                                      "repeat, zero_variance, top_variance; unset: the algorithm's "
+                                                      "default (`turnrl algos`): [\"zero_variance\"] where a group of "
+                                                      "equal returns gets zero advantages, [] for per-turn and critic "
+                                                      "estimators")
     top_variance_fraction: float = Field(0.25, gt=0, le=1, description="top_variance: fraction of groups kept (StarPO-S / RAGEN-2)")
     ppo_epochs: int = Field(1, ge=1, description="passes over each step's episodes")
     minibatches: int = Field(1, ge=1, description="optimizer steps per pass (groups split evenly)")
@@ -181,6 +183,8 @@ class AlgoConfig(Section):
         if unread:
             raise ValueError(f"{', '.join(unread)} would be ignored: algorithm {self.name!r} does not read "
                              f"{'it' if len(unread) == 1 else 'them'}")
+        if self.masks is None:  # the algorithm's default, written out (the run's config.json shows it)
+            self.__dict__["masks"] = list(algo.default_masks)
         unknown = [m for m in self.masks if m not in MASKS]
         if unknown:
             raise ValueError(f"masks: unknown {unknown}; known: {', '.join(MASKS)}")

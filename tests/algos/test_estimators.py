@@ -106,6 +106,35 @@ def test_variance_filters_by_hand():
     assert [k[0] for k in keep] == [False] * 5 + [True, True]
 
 
+def test_igpo_group_of_one_turn_gets_zero():
+    # one single-turn episode in its group (group_size 1, or the others failed): as GRPO, no signal
+    assert adv("igpo", [ep(0, [1.0], [2])], Aux(beliefs=[[0.3]])) == [[0.0, 0.0]]
+    assert adv("grpo", [ep(0, [1.0], [2])]) == [[0.0, 0.0]]
+
+
+def test_equal_returns_are_dropped_by_default_only_where_their_advantages_are_zero():
+    # both episodes return 1, from per-turn rewards (1, 0) and (0, 1); turn 0 is the same state
+    eps = [ep(0, [1.0, 0.0], [1, 1], ["s0", "s1"]), ep(0, [0.0, 1.0], [1, 1], ["s0", "s2"])]
+    assert adv("grpo", eps) == [[0.0, 0.0], [0.0, 0.0]]
+    # turn_returns (gamma 1): G = (1, 0) and (1, 1); leave-one-out per turn index: (0, 0 - 1), (0, 1 - 0)
+    assert adv("turn_returns", eps) == [[0.0, -1.0], [0.0, 1.0]]
+    # gigpo: episode part 0; step group s0 holds both turn 0s, returns 1 + .95 * 0 and 0 + .95 * 1: +-1
+    assert adv("gigpo", eps) == [pytest.approx([1.0, 0.0], abs=1e-4), pytest.approx([-1.0, 0.0], abs=1e-4)]
+    for name, kept in (("grpo", False), ("turn_returns", True), ("gigpo", True)):
+        cfg = AlgoConfig(name=name)  # algo.masks unset: the algorithm's default
+        keep, _ = apply_masks(eps, cfg, cfg.masks)
+        assert keep == [[kept, kept], [kept, kept]], name
+
+
+def test_default_masks_per_algorithm():
+    from turnrl.algos import ALGORITHMS
+
+    centred = {"grpo", "dr_grpo", "rloo", "reinforce_pp", "refuel"}  # equal returns: zero advantages (refuel: zero gap)
+    assert {n: AlgoConfig(name=n).masks for n in ALGORITHMS} == {
+        n: (["zero_variance"] if n in centred else []) for n in ALGORITHMS}
+    assert AlgoConfig(name="gigpo", masks=["zero_variance"]).masks == ["zero_variance"]  # set: kept as set
+
+
 def test_void_masked_rewards_still_count_in_the_group():
     eps = group()
     eps[0].turns[0].void = True

@@ -52,10 +52,11 @@ def dr_grpo_norm(episodes, cfg, n_sampled: int, n_tokens: int) -> float:
     return float(cfg.max_tokens_norm * max(1, n_sampled))
 
 
-def _grpo_like(name: str, paper: str, fn, reads=(), needs=(), summary: str = "") -> Algorithm:
+def _grpo_like(name: str, paper: str, fn, reads=(), needs=(), summary: str = "",
+               default_masks=("zero_variance",)) -> Algorithm:
     return Algorithm(name, paper, fn, ppo_loss, token_norm, lambda c: c.loss_agg,
                      reads=frozenset({*PPO_FIELDS, *reads}), needs=frozenset(needs), summary=summary,
-                     corrects_staleness=True)
+                     corrects_staleness=True, default_masks=tuple(default_masks))
 
 
 register(_grpo_like("grpo", "2402.03300", est.grpo, reads=("scale_by_std",),
@@ -67,15 +68,15 @@ register(_grpo_like("rloo", "2402.14740", est.rloo, summary="leave-one-out group
 register(_grpo_like("reinforce_pp", "2501.03262", est.reinforce_pp,
                     summary="REINFORCE++ with group baseline, batch-whitened"))
 register(_grpo_like("turn_returns", "", est.turn_returns, reads=("turn_gamma",),
-                    summary="per-turn discounted returns, leave-one-out baseline per turn index"))
+                    summary="per-turn discounted returns, leave-one-out baseline per turn index", default_masks=()))
 register(_grpo_like("gigpo", "2505.10978", est.gigpo, reads=("gigpo_gamma", "gigpo_step_weight"), needs=("state",),
-                    summary="episode advantage + anchor-state step advantage"))
+                    summary="episode advantage + anchor-state step advantage", default_masks=()))
 register(_grpo_like("igpo", "2510.14967", est.igpo, reads=("igpo_gamma",), needs=("belief", "gold"),
-                    summary="information-gain turn rewards (teacher-forced belief in the gold answer)"))
+                    summary="information-gain turn rewards (teacher-forced belief in the gold answer)", default_masks=()))
 register(Algorithm("seeupo", "2602.06554", seeupo.seeupo, ppo_loss, token_norm, lambda c: c.loss_agg,
                    reads=frozenset({*PPO_FIELDS, "seeupo_clip"}), needs=frozenset({"phases"}), phases=seeupo.phases,
                    summary="turn by turn, last turn first; group-mean baseline of returns under the updated later turns",
-                   corrects_staleness=True))
+                   corrects_staleness=True, default_masks=()))
 register(Algorithm("refuel", "2410.04612", est.returns_only, refuel.refuel_loss, refuel.pair_norm,
                    lambda c: "token_sum_norm", reads=frozenset({"refuel_eta"}), needs=frozenset({"pairs"}),
                    summary="regress the log-ratio difference of two rollouts sharing a prefix onto eta x their return gap"))
@@ -83,12 +84,12 @@ register(Algorithm("gae", "2504.20073", critics.gae, ppo_loss, token_norm, lambd
                    reads=frozenset({*PPO_FIELDS, *critics.GAE_FIELDS}), needs=frozenset({"critic"}),
                    make_critic=critics.ValueCritic.build,
                    summary="RAGEN bi-level GAE: value head on hidden states, GAE over tokens and turns, whitened",
-                   corrects_staleness=True))
+                   corrects_staleness=True, default_masks=()))
 register(Algorithm("archer", "2402.19446", critics.archer, ppo_loss, token_norm, lambda c: c.loss_agg,
                    reads=frozenset({*PPO_FIELDS, *critics.ARCHER_FIELDS}), needs=frozenset({"critic"}),
                    make_critic=critics.UtteranceCritic.build,
                    summary="ArCHer: off-policy double Q/V utterance critic, advantage min Q - min V per turn",
-                   corrects_staleness=True))
+                   corrects_staleness=True, default_masks=()))
 
 __all__ = ["ALGORITHMS", "Algorithm", "Aux", "LossInputs", "get_algorithm", "register", "ppo_loss", "token_norm",
            "aggregate", "kl_k3", "episode_returns", "group_advantages"]

@@ -93,6 +93,10 @@ class Algorithm:
     #: the loss applies ``LossInputs.behaviour_weight`` (episodes sampled by an older policy,
     #: ``scale.max_staleness`` > 0); an algorithm without it trains synchronously only
     corrects_staleness: bool = False
+    #: ``algo.masks`` when the config leaves it unset. ``zero_variance`` only where a group of
+    #: equal returns gets zero advantages: per-turn and critic estimators can give such a
+    #: group non-zero ones (per-turn rewards, information gain, anchor states, values).
+    default_masks: tuple[str, ...] = ("zero_variance",)
 
     def needs_ref(self, cfg) -> bool:
         return cfg.kl_coef > 0

@@ -142,7 +142,9 @@ def igpo(episodes: list[Episode], cfg, aux: Aux) -> list[torch.Tensor]:
     norm = [list(r) for r in rewards]
     for idx in groups_of(episodes).values():
         flat = torch.tensor([x for i in idx for x in rewards[i]])
-        if flat.numel() < 2:
+        if flat.numel() < 2:  # one turn reward in the group: centred on itself, 0 (as GRPO's group of one)
+            for i in idx:
+                norm[i] = [0.0] * len(rewards[i])
             continue
         mean, std = float(flat.mean()), float(flat.std(unbiased=False))
         for i in idx:

@@ -52,7 +52,9 @@ def repeat(episodes: list[Episode], cfg) -> Keep:
 
 def zero_variance(episodes: list[Episode], cfg) -> Keep:
     """DAPO dynamic sampling (arXiv 2503.14476) / StarPO-S: drop groups whose returns are
-    all equal (zero advantage for every estimator that centres on the group)."""
+    all equal. Their advantages are zero under the estimators that centre episode returns on
+    the group (the default mask there); per-turn and critic estimators can give such a group
+    non-zero advantages, so it is not their default (``Algorithm.default_masks``)."""
     keep = zero_variance_keep(episode_returns(episodes), [e.group_id for e in episodes])
     return [_all(e, bool(k)) for e, k in zip(episodes, keep)]
 
