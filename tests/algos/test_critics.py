@@ -44,6 +44,19 @@ def test_bilevel_gae_by_hand_on_a_two_turn_episode():
     assert out.tolist() == pytest.approx([0.3252, 0.4504, 0.8])
 
 
+def test_bilevel_gae_with_lambdas_1_is_ragens_too():
+    # RAGEN's compute_bi_level_gae_advantage_return runs GAE over the turns' last tokens first, then
+    # inside each turn; with every lambda 1 both are Monte Carlo with a discount between turns.
+    # values (.5, .6 | .2, .9), rewards (.1, 1), gamma .95 between turns:
+    # k=3: 1 - .9 = .1 ; k=2: .9 - .2 + .1 = .8 ; k=1: .1 + .95 * (.2 + .8) - .6 = .45 ; k=0: .6 - .5 + .45 = .55
+    v = torch.tensor([0.5, 0.6, 0.2, 0.9])
+    assert bilevel_gae(v, [2, 2], [0.1, 1.0], 0.95, 1.0, 1.0).tolist() == pytest.approx([0.55, 0.45, 0.8, 0.1])
+    # with lambda_turn .95 they part: turnrl chains turn 1's first-token advantage into turn 0:
+    # k=1: .1 + .95 * .2 - .6 + .95 * .95 * .795 = .40749 (k=2: .7 + .95 * .1 = .795 with lambda_token .95)
+    out = bilevel_gae(v, [2, 2], [0.1, 1.0], 0.95, 0.95, 0.95).tolist()
+    assert out[1] == pytest.approx(0.1 + 0.95 * 0.2 - 0.6 + 0.95 * 0.95 * 0.795) and out[2] == pytest.approx(0.795)
+
+
 def test_gae_estimator_whitens_over_the_trained_tokens_of_the_step():
     # raw: e0 [0.228, 0.256, 0.8] (above); e1 one token, V 0, reward 0.5 -> 0.5; e2 not trained -> zeros
     # mean 0.446, population std 0.230139 -> (x - 0.446) / 0.230139
