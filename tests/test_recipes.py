@@ -62,6 +62,14 @@ def test_turn_penalty_by_hand():
     assert [t.reward for t in eps[3].turns] == [0.0, 0.75, 0.0]  # the replayed turn counts: 1 - 0.25 * 1
 
 
+
+def test_turn_penalty_never_takes_a_right_answer_below_zero():
+    # UFO's reward for a fifth-turn solve, 1/16: 1/16 - 0.1 * 4 < 0 -> 0, level with an unsolved episode
+    late, early = ep(5, 5, reward=0.0625), ep(2, 2, reward=1.0)
+    assert apply_turn_penalty([late, early], 0.1) == 2
+    assert late.turns[-1].reward == 0.0 and early.turns[-1].reward == pytest.approx(0.9)
+
+
 def test_turn_penalty_in_training_rollouts(tmp_path, tokenizer):
     cfg = cfg_for(tmp_path, extra=["--env.name", "tests.test_recipes:SolveAt", "--env.max_turns", "4",
                                    "--rollout.turn_penalty", "0.2"])
