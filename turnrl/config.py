@@ -152,7 +152,7 @@ class AlgoConfig(Section):
                                                       "default (`turnrl algos`): [\"zero_variance\"] where a group of "
                                                       "equal returns gets zero advantages, [] for per-turn and critic "
                                                       "estimators")
-    top_variance_fraction: float = Field(0.25, gt=0, le=1, description="top_variance: fraction of groups kept (StarPO-S / RAGEN-2)")
+    top_variance_fraction: float = Field(0.25, gt=0, le=1, description="top_variance: fraction of groups kept, rounded down, at least one (StarPO-S / RAGEN-2)")
     ppo_epochs: int = Field(1, ge=1, description="passes over each step's episodes")
     minibatches: int = Field(1, ge=1, description="optimizer steps per pass (groups split evenly)")
     turn_gamma: float = Field(1.0, ge=0, le=1, description="turn_returns: discount between turns")

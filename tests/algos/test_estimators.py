@@ -104,12 +104,37 @@ def test_variance_filters_by_hand():
     # variances: g0 1/6, g1 0, g2 1/4 -> the top third (1 group) is g2
     keep, _ = apply_masks(eps, AlgoConfig(masks=["top_variance"], top_variance_fraction=0.34), ["top_variance"])
     assert [k[0] for k in keep] == [False] * 5 + [True, True]
+    # the fraction of the groups rounded down, at least one (round() would keep 2 of 6 but 2 of 10)
+    for n_groups, kept in ((3, 1), (6, 1), (10, 2), (14, 3)):
+        eps = [ep(g, [float(k == g % 2)], [1]) for g in range(n_groups) for k in range(2)]
+        keep, _ = apply_masks(eps, AlgoConfig(masks=["top_variance"]), ["top_variance"])
+        assert sum(k[0] for k in keep) == 2 * kept, n_groups
+    eps = [ep(g, [float(k)], [1]) for g in range(100) for k in range(2)]
+    keep, _ = apply_masks(eps, AlgoConfig(masks=["top_variance"], top_variance_fraction=0.29), ["top_variance"])
+    assert sum(k[0] for k in keep) == 2 * 29
 
 
 def test_igpo_group_of_one_turn_gets_zero():
     # one single-turn episode in its group (group_size 1, or the others failed): as GRPO, no signal
     assert adv("igpo", [ep(0, [1.0], [2])], Aux(beliefs=[[0.3]])) == [[0.0, 0.0]]
     assert adv("grpo", [ep(0, [1.0], [2])]) == [[0.0, 0.0]]
+
+
+def test_turn_returns_with_episodes_of_different_lengths_by_hand():
+    # per-turn rewards A (0, 1), B (0.5,), C (0, 0, 0); gamma 0.5: G_A = (0.5, 1), G_B = (0.5,), G_C = (0, 0, 0)
+    eps = [ep(0, [0.0, 1.0], [1, 1]), ep(0, [0.5], [1]), ep(0, [0.0, 0.0, 0.0], [1, 1, 1])]
+    # turn 0, baseline the mean of the other two: A 0.5 - 0.25, B 0.5 - 0.25, C 0 - 0.5
+    # turn 1, only A and C reached it: A 1 - 0, C 0 - 1; turn 2, C alone: no baseline, 0 - 0
+    assert adv("turn_returns", eps, turn_gamma=0.5) == [[0.25, 1.0], [0.25], [-0.5, -1.0, 0.0]]
+
+
+def test_defaults_are_the_papers():
+    c = AlgoConfig()
+    assert (c.gigpo_gamma, c.gigpo_step_weight) == (0.95, 1.0)  # GiGPO
+    assert (c.archer_gamma, c.archer_tau) == (0.95, 0.1)  # ArCHer
+    assert c.refuel_eta == 1000.0  # REFUEL
+    assert (c.clip_low, c.clip_high) == (0.2, 0.28)  # DAPO clip-higher
+    assert (c.gae_gamma, c.gae_lambda_turn, c.gae_lambda_token) == (1.0, 0.95, 1.0)  # turnrl's bi-level GAE
 
 
 def test_equal_returns_are_dropped_by_default_only_where_their_advantages_are_zero():

@@ -41,8 +41,8 @@ class Aux:
     """What the trainer computed for the estimator (each None unless the algorithm needs it).
 
     ``beliefs[i][k]``: the policy's belief in the gold answer in the context where live
-    turn ``k`` of episode ``i`` was sampled, and ``beliefs[i][-1]`` after the last turn
-    (IGPO). ``values[i]``: the critic's value of the state before each trained token of
+    turn ``k`` of episode ``i`` was sampled, one per live turn (IGPO; the last turn's
+    reward is the outcome, so no belief after it is needed). ``values[i]``: the critic's value of the state before each trained token of
     episode ``i`` (bi-level GAE). ``utterance_adv[i][k]``: the critic's advantage of live
     turn ``k`` (ArCHer). ``logprobs[i]``: the current learner log-probs of the trained
     tokens (SeeUPO's later-turn ratios). ``phase``: the live-turn index being updated."""

@@ -4,6 +4,8 @@ No I/O, no globals: episodes or tensors in, tensors out.
 """
 from __future__ import annotations
 
+import math
+
 import torch
 
 from turnrl.types import Episode
@@ -43,12 +45,13 @@ def zero_variance_keep(returns: torch.Tensor, group_ids: list[int]) -> torch.Ten
 
 
 def top_std_keep(returns: torch.Tensor, group_ids: list[int], fraction: float) -> torch.Tensor:
-    """RAGEN StarPO-S: keep the ``fraction`` of groups with the highest return std
-    (at least one group). Ties keep the earlier group. Bool keep-mask (N,)."""
+    """RAGEN StarPO-S: keep the ``fraction`` of groups with the highest return std, rounded
+    down (at least one group: 0.25 of 6, 10 and 14 groups keeps 1, 2 and 3). Ties keep the
+    earlier group. Bool keep-mask (N,)."""
     gid = torch.tensor(group_ids)
     groups = gid.unique().tolist()
     stds = [float(returns[gid == g].std(unbiased=False)) for g in groups]
-    n_keep = max(1, round(fraction * len(groups)))
+    n_keep = max(1, math.floor(fraction * len(groups) + 1e-9))  # + 1e-9: 0.29 * 100 is 28.999...
     order = sorted(range(len(groups)), key=lambda i: (-stds[i], i))[:n_keep]
     kept = {groups[i] for i in order}
     return torch.tensor([int(g) in kept for g in gid.tolist()])
