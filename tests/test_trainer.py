@@ -66,6 +66,13 @@ def test_resume_after_interruption_equals_uninterrupted_run(tmp_path, tokenizer)
     assert all(torch.equal(a[k], b[k]) for k in a)
     rows = [json.loads(l) for l in (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows if r["split"] == "train"] == [1, 2, 3, 4]
+    # machine.json: one record per start, the second from the step the run resumed at
+    machine = json.loads((tmp_path / "b" / "machine.json").read_text())
+    assert [m["from_step"] for m in machine] == [0, 2]
+    assert machine[1] | {"from_step": 0} == machine[0]  # the same machine both times
+    assert machine[0]["policy_dtype"] == "float32" and machine[0]["device"] == "cpu"
+    assert (machine[0]["threads"], machine[0]["cpu_capability"]) == (torch.get_num_threads(),
+                                                                     torch.backends.cpu.get_cpu_capability())
 
 
 def test_checkpoints_are_complete_and_pruned(tmp_path, tokenizer):
@@ -300,6 +307,8 @@ def test_bf16_on_a_machine_without_it_trains_in_fp32_and_says_so_once(tmp_path, 
     t.train()
     assert t.learner.master is None and all(p.dtype == torch.float32 for p in model.parameters())
     assert capsys.readouterr().err.count("no native bf16 kernels") == 1
+    machine = json.loads((tmp_path / "nb" / "machine.json").read_text())  # what ran, whatever config.json asked
+    assert [(m["policy_dtype"], m["bf16_native"]) for m in machine] == [("float32", False)]
 
 
 @needs_bf16
@@ -314,6 +323,7 @@ def test_bf16_samples_and_trains_in_bf16_with_fp32_master_weights(tmp_path, toke
     assert t.engine.model is model and all(p.dtype == torch.bfloat16 for p in model.parameters())  # the sampler too
     assert all(m.dtype == torch.float32 for m in t.learner.master.masters)
     t.train()
+    assert json.loads((tmp_path / "bf" / "machine.json").read_text())[0]["policy_dtype"] == "bfloat16"
     rows = train_rows(tmp_path / "bf")
     # step 1: the learner scores its own bf16 weights, and the reference is the same bf16 model
     assert rows[0]["ratio_mean"] == 1.0 and rows[0]["kl"] == 0.0

@@ -7,6 +7,30 @@ from pathlib import Path
 
 
 
+def machine_record(model) -> dict:
+    """Where and in what a run computes: the policy's dtype as held (``model.dtype = "bf16"``
+    falls back to fp32 on a machine without native bf16 kernels), the device, the CPU and
+    the kernels torch picked for it, the thread count and torch's version. A run's figures
+    depend on all of these."""
+    import platform
+
+    import torch
+
+    from turnrl.learner import bf16_supported
+
+    param = next(model.parameters())
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next((l.split(":", 1)[1].strip() for l in f if l.startswith("model name")), cpu)
+    except OSError:
+        pass
+    return {"policy_dtype": str(param.dtype).removeprefix("torch."), "device": str(param.device),
+            "gpu": torch.cuda.get_device_name(param.device) if param.device.type == "cuda" else None,
+            "cpu": cpu, "cpu_capability": torch.backends.cpu.get_cpu_capability(), "bf16_native": bf16_supported(),
+            "threads": torch.get_num_threads(), "torch": torch.__version__}
+
+
 class RunLogger:
     def __init__(self, run_dir: Path, cfg, truncate_after: int | None = None):
         self.run_dir = run_dir
@@ -25,6 +49,15 @@ class RunLogger:
             from torch.utils.tensorboard import SummaryWriter  # needs the 'tensorboard' extra
 
             self.tb = SummaryWriter(str(run_dir / "tensorboard"))
+
+    def machine(self, step: int, model) -> None:
+        """``machine.json``: one :func:`machine_record` per start of the run, ``from_step`` the
+        step it starts at (a resumed run may continue elsewhere); records of steps not yet
+        reached again are dropped, as ``metrics.jsonl``'s rows are."""
+        path = self.run_dir / "machine.json"
+        runs = json.loads(path.read_text()) if step > 0 and path.exists() else []
+        runs = [r for r in runs if r["from_step"] < step] + [{"from_step": step, **machine_record(model)}]
+        path.write_text(json.dumps(runs, indent=2) + "\n")
 
     def log(self, split: str, step: int, metrics: dict) -> None:
         self.f.write(json.dumps({"split": split, "step": step, **metrics}) + "\n")

@@ -245,6 +245,7 @@ class Trainer:
             print(f"turnrl: --resume: no checkpoint in {self.run_dir / 'checkpoints'}; starting at step 0",
                   file=sys.stderr)
         log = RunLogger(self.run_dir, cfg, truncate_after=self.step if resumed else None)
+        log.machine(self.step, self.model)
         summary: dict = {}
         try:
             if cfg.eval.before and not resumed:
