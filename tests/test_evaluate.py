@@ -42,6 +42,7 @@ def test_distinct_instances_and_pass_at_k_from_twice_k_samples():
     assert res.meta["distinct_instances"] == 20 and res.metrics["distinct_instances"] == 20.0  # 60 seeds, 20 numbers
     assert res.meta["split_instances"] == 20 and res.meta["held_out"] == "env split"
     assert res.meta["pass_n"] == 4 and res.meta["reports_correct"] is True
+    assert res.meta["machine"] is None  # no in-process model: nothing to say where it ran
     # each task: 1 right of n = 4 samples; Pass@2 = 1 - C(3,2)/C(4,2) = 1/2, Pass@1 = 1/4
     assert res.metrics["pass@2"] == pytest.approx(0.5) and res.metrics["pass@1"] == pytest.approx(0.25)
     assert res.metrics["succ@1"] == 1.0

@@ -73,6 +73,8 @@ def test_resume_after_interruption_equals_uninterrupted_run(tmp_path, tokenizer)
     assert machine[0]["policy_dtype"] == "float32" and machine[0]["device"] == "cpu"
     assert (machine[0]["threads"], machine[0]["cpu_capability"]) == (torch.get_num_threads(),
                                                                      torch.backends.cpu.get_cpu_capability())
+    evaluated = json.loads((tmp_path / "b" / "evals" / "step_000004" / "eval.json").read_text())["meta"]
+    assert evaluated["machine"] == {k: v for k, v in machine[1].items() if k != "from_step"}  # eval_seconds' machine
 
 
 def test_checkpoints_are_complete_and_pruned(tmp_path, tokenizer):

@@ -22,6 +22,7 @@ from turnrl.envs.base import Env, env_call
 from turnrl.logging import EvalProgress
 from turnrl.metrics import bootstrap_ci, episode_intervals, episode_metrics, pass_at_k
 from turnrl.results import EvalResult, episode_record
+from turnrl.logging import machine_record
 from turnrl.rollout import RolloutConfig, collect, context_fields
 from turnrl.types import Episode
 
@@ -143,6 +144,8 @@ def _evaluate(runner: Runner, cfg: RunConfig, step: int | None, bar: "EvalProgre
         "reports_correct": any(t.info.get("correct") is not None for e in scored for t in e.live_turns),
         "task": cfg.task.model_dump(mode="json") if cfg.env.name == "retry" else None,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        # what eval_seconds were measured on (in-process; None over HTTP)
+        "machine": None if model_of(runner) is None else machine_record(model_of(runner)),
     }
     # template-collapse diagnostic (RAGEN-2); its time is in collapse_seconds, not eval_seconds
     bar.start("collapse diagnostic", None)
