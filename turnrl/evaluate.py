@@ -110,28 +110,7 @@ def _evaluate(runner: Runner, cfg: RunConfig, step: int | None, bar: "EvalProgre
     metrics["errored_episodes"] = float(len(errored))
     metrics["distinct_instances"] = float(distinct)
     if ev.pass_k > 0:
-        # n >= k independent single-attempt samples per task, side by side in one batch, so
-        # the engine encodes each prompt once (Pass@k baseline of UFO, arXiv 2507.14295);
-        # with n > k the unbiased estimator is more than "any of k" (Chen et al. 2021)
-        k = ev.pass_k
-        rc = RolloutConfig(replace(sp, temperature=ev.pass_temperature, seed=cfg.train.seed + 100),
-                           max_context=cfg.rollout.max_context, **context_fields(cfg.rollout))
-        repeated = [s for s in seeds for _ in range(n)]
-        per_batch = max(n, ev.batch_size // n * n)
-        bar.start(f"pass@{k} samples", len(repeated))
-        samples = _run(runner, env_factory(cfg, "eval", max_turns=1), repeated, rc, per_batch, bar)
-        correct, tried = {s: 0 for s in seeds}, {s: 0 for s in seeds}
-        for ep, s in zip(samples, repeated):
-            if ep.info.get("error"):
-                continue
-            tried[s] += 1
-            correct[s] += int(bool(ep.turns and ep.turns[0].info.get("correct")))
-        metrics["errored_episodes"] += sum(1 for e in samples if e.info.get("error"))
-        kept = [s for s in seeds if tried[s] >= k]  # a task with a failed sample cannot give Pass@k
-        for kk in sorted({1, k}):
-            per_task = np.array([pass_at_k(tried[s], correct[s], kk) for s in kept])
-            metrics[f"pass@{kk}"] = float(per_task.mean()) if kept else 0.0
-            intervals[f"pass@{kk}"] = bootstrap_ci(per_task)
+        _pass_at_k(runner, cfg, seeds, n, sp, bar, metrics, intervals)
     metrics["eval_seconds"] = time.time() - t0
     tok = getattr(runner, "tokenizer", None)
     meta = {
@@ -153,6 +132,34 @@ def _evaluate(runner: Runner, cfg: RunConfig, step: int | None, bar: "EvalProgre
     metrics.update(c_metrics)
     intervals.update(c_intervals)
     return EvalResult(metrics, intervals, meta, [episode_record(e, tok) for e in episodes])
+
+
+def _pass_at_k(runner: Runner, cfg: RunConfig, seeds: list[int], n: int, sp: SamplingParams, bar: "EvalProgress",
+               metrics: dict, intervals: dict) -> None:
+    """Pass@1 and Pass@k (k = ``eval.pass_k``) into ``metrics`` / ``intervals``, from ``n``
+    >= k independent single-attempt samples per task, side by side in one batch so the
+    engine encodes each prompt once (the Pass@k baseline of UFO, arXiv 2507.14295); with
+    n > k the unbiased estimator is more than "any of k" (Chen et al. 2021). A task with a
+    failed (errored) sample cannot give Pass@k and is left out; the errors are counted."""
+    ev, k = cfg.eval, cfg.eval.pass_k
+    rc = RolloutConfig(replace(sp, temperature=ev.pass_temperature, seed=cfg.train.seed + 100),
+                       max_context=cfg.rollout.max_context, **context_fields(cfg.rollout))
+    repeated = [s for s in seeds for _ in range(n)]
+    per_batch = max(n, ev.batch_size // n * n)
+    bar.start(f"pass@{k} samples", len(repeated))
+    samples = _run(runner, env_factory(cfg, "eval", max_turns=1), repeated, rc, per_batch, bar)
+    correct, tried = {s: 0 for s in seeds}, {s: 0 for s in seeds}
+    for ep, s in zip(samples, repeated):
+        if ep.info.get("error"):
+            continue
+        tried[s] += 1
+        correct[s] += int(bool(ep.turns and ep.turns[0].info.get("correct")))
+    metrics["errored_episodes"] += sum(1 for e in samples if e.info.get("error"))
+    kept = [s for s in seeds if tried[s] >= k]
+    for kk in sorted({1, k}):
+        per_task = np.array([pass_at_k(tried[s], correct[s], kk) for s in kept])
+        metrics[f"pass@{kk}"] = float(per_task.mean()) if kept else 0.0
+        intervals[f"pass@{kk}"] = bootstrap_ci(per_task)
 
 
 def _dtype(model) -> str | None:
