@@ -98,3 +98,22 @@ def test_context_fields_the_strategy_ignores_are_errors(args, field):
     with pytest.raises(ConfigError, match=rf"rollout: {field} would be ignored: rollout.context is '(full|window)'"):
         load_config(None, args)
     assert load_config(None, ["--rollout.context", "markovian", "--rollout.state_tag", "mem"]).rollout.state_tag == "mem"
+
+
+@pytest.mark.parametrize("toml, message", [
+    ('[rollout]\ngroup_size = "4"\n', r"rollout\.group_size: expected a number, got '4'"),
+    ('[train]\nlr = "1e-5"\n', r"train\.lr: expected a number, got '1e-5'"),
+    ('[task]\nmultiple_choice = "yes"\n', r"task\.multiple_choice: expected true or false, got 'yes'"),
+    ('[task]\nmultiple_choice = 1\n', r"task\.multiple_choice: expected true or false, got 1"),
+    ('[rollout]\ngroup_size = true\n', r"rollout\.group_size: expected a number, got True"),
+    ('[train]\nlr = inf\n', r"train\.lr: Input should be a finite number"),
+    ('[rollout]\ntemperature = inf\n', r"rollout\.temperature: Input should be a finite number"),
+    ('[train]\nbetas = [1.5, 0.999]\n', r"train\.betas: each must be in \[0, 1\), got \[1\.5, 0\.999\]"),
+])
+def test_values_of_the_wrong_type_or_infinite_are_errors_naming_the_field(tmp_path, toml, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(write(tmp_path, toml))
+
+
+def test_an_int_is_a_float_where_a_float_is_asked(tmp_path):
+    assert load_config(write(tmp_path, "[train]\nlr = 1\n")).train.lr == 1.0

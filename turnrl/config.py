@@ -7,6 +7,7 @@ ignore are errors that name the field.
 from __future__ import annotations
 
 import json
+import re
 import tomllib
 from pathlib import Path
 from typing import Any, Literal
@@ -19,7 +20,24 @@ class ConfigError(ValueError):
 
 
 class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # no inf / nan anywhere: an infinite learning rate or temperature is never meant
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_coercion(cls, data: Any) -> Any:
+        """A number or a boolean must be written as one: pydantic would read ``"4"`` as 4,
+        ``"yes"`` as true and ``true`` as 1."""
+        if not isinstance(data, dict):
+            return data
+        for name, value in data.items():
+            field = cls.model_fields.get(name)
+            kind = _scalar_kind(field.annotation) if field is not None else None
+            if kind is bool and not isinstance(value, bool):
+                raise ValueError(f"{name}: expected true or false, got {value!r}")
+            if kind in (int, float) and (isinstance(value, (bool, str))):
+                raise ValueError(f"{name}: expected a number, got {value!r}")
+        return data
 
     def _forbid_unless(self, condition: bool, fields: list[str], why: str) -> None:
         if condition:
@@ -27,6 +45,17 @@ class Section(BaseModel):
         set_here = [f for f in fields if f in self.model_fields_set]
         if set_here:
             raise ValueError(f"{', '.join(set_here)} would be ignored: {why}")
+
+
+def _scalar_kind(annotation) -> type | None:
+    """bool, int or float for a field of that type (or that type | None), else None."""
+    import types
+    import typing
+
+    if isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is typing.Union:
+        args = [a for a in typing.get_args(annotation) if a is not type(None)]
+        annotation = args[0] if len(args) == 1 else None
+    return annotation if annotation in (bool, int, float) else None
 
 
 class ModelConfig(Section):
@@ -196,7 +225,7 @@ class TrainConfig(Section):
     steps: int = Field(20, ge=0, description="optimizer steps")
     lr: float = Field(1e-5, gt=0, description="AdamW learning rate")
     weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay")
-    betas: tuple[float, float] = Field((0.9, 0.999), description="AdamW betas")
+    betas: tuple[float, float] = Field((0.9, 0.999), description="AdamW betas, each in [0, 1)")
     warmup_steps: int = Field(0, ge=0, description="linear warm-up steps, then constant")
     max_grad_norm: float = Field(1.0, gt=0, description="gradient clipping")
     micro_groups: int = Field(1, ge=1, description="groups per forward/backward (gradient accumulation unit)")
@@ -206,6 +235,12 @@ class TrainConfig(Section):
     checkpoint_every: int = Field(10, ge=0, description="steps between checkpoints; 0 = only at the end")
     keep_checkpoints: int = Field(2, ge=1, description="checkpoints kept on disk")
     threads: int = Field(0, ge=0, description="torch CPU threads; 0 = torch's default")
+
+    @model_validator(mode="after")
+    def _check(self):
+        if not all(0.0 <= b < 1.0 for b in self.betas):
+            raise ValueError(f"betas: each must be in [0, 1), got {list(self.betas)}")
+        return self
 
 
 class EvalConfig(Section):
@@ -338,6 +373,9 @@ def _format_error(err: ValidationError, source: str) -> str:
         msg = e["msg"].removeprefix("Value error, ")
         if e["type"] == "extra_forbidden":
             msg = "unknown key"
+        field = re.match(r"([a-z_]+): ", msg)  # a section's check naming its field: section.field
+        if len(e["loc"]) == 1 and field:
+            loc, msg = f"{loc}.{field[1]}", msg[field.end():]
         lines.append(f"{source}: {loc or '(top level)'}: {msg}")
     return "\n".join(lines)
 
