@@ -117,3 +117,11 @@ def test_values_of_the_wrong_type_or_infinite_are_errors_naming_the_field(tmp_pa
 
 def test_an_int_is_a_float_where_a_float_is_asked(tmp_path):
     assert load_config(write(tmp_path, "[train]\nlr = 1\n")).train.lr == 1.0
+
+
+def test_an_unknown_env_with_a_task_section_is_reported_as_unknown(tmp_path):
+    from turnrl.build import env_factory
+
+    cfg = load_config(write(tmp_path, '[env]\nname = "mazee"\n[task]\ndigits = 2\n'))  # not "takes no task source"
+    with pytest.raises(ValueError, match="unknown env 'mazee'; registered: .*maze"):
+        env_factory(cfg, "train")

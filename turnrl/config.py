@@ -363,7 +363,7 @@ def _uses_tasks(env_name: str) -> bool:
     try:
         return uses_tasks(env_name)
     except ValueError:
-        return False  # an unknown env is reported where it is built
+        return True  # an unknown env is reported where it is built, by its name, not as a misplaced [task]
 
 
 def _format_error(err: ValidationError, source: str) -> str:
