@@ -1,3 +1,5 @@
+import json
+
 import pytest
 
 from turnrl.config import ConfigError, load_config, parse_overrides
@@ -125,3 +127,16 @@ def test_an_unknown_env_with_a_task_section_is_reported_as_unknown(tmp_path):
     cfg = load_config(write(tmp_path, '[env]\nname = "mazee"\n[task]\ndigits = 2\n'))  # not "takes no task source"
     with pytest.raises(ValueError, match="unknown env 'mazee'; registered: .*maze"):
         env_factory(cfg, "train")
+
+
+@pytest.mark.parametrize("template, message", [
+    ("{question} {oops}", r"task\.prompt_template: '\{question\} \{oops\}': only \{question\} can be filled in .*KeyError"),
+    ("Q: {0}", r"task\.prompt_template: 'Q: \{0\}' has no \{question\}"),
+])
+def test_a_prompt_template_that_cannot_be_filled_is_an_error(tmp_path, template, message):
+    data = tmp_path / "rows.jsonl"
+    data.write_text('{"question": "1+1?", "answer": "2"}\n')
+    with pytest.raises(ConfigError, match=message):
+        load_config(None, ["--task.source", "file", "--task.path", str(data), "--task.prompt_template", json.dumps(template)])
+    literal = load_config(None, ["--task.source", "file", "--task.path", str(data), "--task.prompt_template", '"{{x}} {question}"'])
+    assert literal.task.prompt_template == "{{x}} {question}"

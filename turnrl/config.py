@@ -103,6 +103,10 @@ class TaskConfig(Section):
         self._forbid_unless(self.source == "file", files, "task.source is not 'file'")
         if self.source == "file" and not self.path:
             raise ValueError("path is required when source = 'file'")
+        if self.source == "file":
+            from turnrl.envs.tasks import check_prompt_template
+
+            check_prompt_template(self.prompt_template)
         if self.eval_path:
             self._forbid_unless(False, ["eval_size"], "task.eval_path is set, so the eval split is that file")
         self._forbid_unless(self.multiple_choice, ["num_choices"], "task.multiple_choice is false")

@@ -82,6 +82,18 @@ def test_missing_file_and_unknown_type(tmp_path):
     (tmp_path / "x.txt").write_text("hi")
     with pytest.raises(DataError, match="unsupported file type"):
         FileTasks(tmp_path / "x.txt")
+    with pytest.raises(DataError, match="a directory, not a file"):
+        FileTasks(tmp_path)
+
+
+def test_a_file_whose_rows_all_repeat_the_eval_questions_leaves_no_training_rows(tmp_path):
+    rows = tmp_path / "dups.jsonl"
+    rows.write_text('{"question": "same?", "answer": "1"}\n' * 6)
+    src = FileTasks(rows)
+    assert len(split_tasks(src, "eval", 2)) == 2
+    with pytest.raises(DataError, match=r"dups\.jsonl: no training rows left: all 4 rows outside the eval split "
+                                        r"repeat one of its 2 questions"):
+        split_tasks(src, "train", 2)
 
 
 @needs_gsm8k

@@ -23,6 +23,17 @@ class DataError(ValueError):
     """A dataset row or file that cannot be used; the message names file and line."""
 
 
+def check_prompt_template(template: str) -> None:
+    """A file source's prompt: ``{question}`` and nothing else to fill in (``{{`` for a brace)."""
+    if "{question}" not in template:
+        raise ValueError(f"prompt_template: {template!r} has no {{question}}: every prompt would be the same text")
+    try:
+        template.format(question="")
+    except (KeyError, IndexError, ValueError) as e:
+        raise ValueError(f"prompt_template: {template!r}: only {{question}} can be filled in (write {{{{ and }}}} "
+                         f"for a literal brace): {type(e).__name__}: {e}") from None
+
+
 @dataclass(frozen=True)
 class Task:
     id: str
@@ -173,7 +184,8 @@ class FileTasks:
     ):
         self.path = Path(path)
         if not self.path.is_file():
-            raise DataError(f"{self.path}: file not found")
+            raise DataError(f"{self.path}: {'a directory, not a file' if self.path.is_dir() else 'file not found'}")
+        check_prompt_template(prompt_template)
         self.question_field, self.answer_field = question_field, answer_field
         self.answer_format, self.verifier, self.extractor = answer_format, verifier, extractor
         self.prompt_template = prompt_template
@@ -251,6 +263,9 @@ def split_tasks(source: TaskSource, split: str, eval_size: int, seed: int = 0) -
         return IndexView(source, order[:eval_size])
     held = {source[i].question for i in order[:eval_size]}
     train = [i for i in order[eval_size:] if source[i].question not in held]
+    if not train:
+        raise DataError(f"{getattr(source, 'path', 'task source')}: no training rows left: all "
+                        f"{len(order) - eval_size} rows outside the eval split repeat one of its {eval_size} questions")
     return IndexView(source, train, dropped=len(order) - eval_size - len(train))
 
 
