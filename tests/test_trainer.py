@@ -186,6 +186,23 @@ def test_existing_run_directory_is_refused_and_resume_without_checkpoint_says_so
     assert "--resume: no checkpoint in" in capsys.readouterr().err
 
 
+def test_resume_refuses_other_training_settings_and_a_finished_run_is_left_alone(tmp_path, tokenizer, capsys):
+    from turnrl.trainer import RunDirError
+
+    first = Trainer(cfg_for(tmp_path, "f", steps=1), make_tiny_model(), tokenizer).train()
+    changed = cfg_for(tmp_path, "f", steps=2, extra=["--rollout.group_size", "4", "--algo.name", "gae"])
+    with pytest.raises(RunDirError, match=r"--resume: the checkpoint .*step_000001 was trained with other settings "
+                                          r"\(algo\.masks = \['zero_variance'\] there, \[\] here; algo\.name = 'grpo' "
+                                          r"there, 'gae' here; rollout\.group_size = 3 there, 4 here\)"):
+        Trainer(changed, make_tiny_model(), tokenizer).train(resume=True)
+    # the same settings, train.steps not raised: the finished run is not evaluated again
+    again = Trainer(cfg_for(tmp_path, "f", steps=1), make_tiny_model(), tokenizer).train(resume=True)
+    assert again == json.loads(json.dumps(first)) and "already finished at step 1" in capsys.readouterr().err
+    evals = [json.loads(l)["step"] for l in (tmp_path / "f" / "metrics.jsonl").read_text().splitlines()
+             if json.loads(l)["split"] == "eval"]
+    assert evals == [1]
+
+
 def test_a_resumed_run_keeps_its_eval_before(tmp_path, tokenizer):
     first = cfg_for(tmp_path, "e", steps=1, extra=["--eval.before", "true"])
     before = Trainer(first, make_tiny_model(), tokenizer).train()["eval_before"]

@@ -40,6 +40,29 @@ class RunDirError(RuntimeError):
     """The run directory cannot be used as asked (one line for the console)."""
 
 
+#: what a resumed run may change: how long it trains, how it saves, evaluates, logs and scales
+RESUME_MAY_CHANGE = ("train.steps", "train.checkpoint_every", "train.keep_checkpoints", "train.out_dir",
+                     "train.threads", "eval.", "log.", "scale.")
+
+
+def _check_resumable(saved: dict, now: dict, path) -> None:
+    """A resumed run trains as the checkpoint's run did: one line naming every other field
+    that differs, instead of a run that silently stops being the one it continues."""
+    def flat(d: dict, prefix: str = "") -> dict:
+        return {k: v for key, val in d.items()
+                for k, v in (flat(val, f"{prefix}{key}.").items() if isinstance(val, dict) and key != "kwargs"
+                             else [(f"{prefix}{key}", val)])}
+
+    before, after = flat(saved), flat(now)
+    changed = sorted(k for k in before.keys() | after.keys()
+                     if before.get(k) != after.get(k) and not k.startswith(RESUME_MAY_CHANGE))
+    if changed:
+        diff = "; ".join(f"{k} = {before.get(k)!r} there, {after.get(k)!r} here" for k in changed)
+        raise RunDirError(f"--resume: the checkpoint {path} was trained with other settings ({diff}); resume with "
+                          "the run's config.json (only train.steps, checkpointing, eval, log and scale may change), "
+                          "or start a new train.out_dir")
+
+
 class Trainer:
     def __init__(self, cfg: RunConfig, model=None, tokenizer=None):
         self.cfg = cfg
@@ -211,6 +234,8 @@ class Trainer:
         if path is None:
             return False
         state = checkpoint.load(path)
+        if "config" in state:
+            _check_resumable(state["config"], self.cfg.model_dump(mode="json"), path)
         self.learner.load_state_dict(state)
         self.step, self.data_pos = state["step"], state["data_pos"]
         self.engine.load_weights(self.model)
@@ -244,6 +269,13 @@ class Trainer:
         if resume and not resumed:
             print(f"turnrl: --resume: no checkpoint in {self.run_dir / 'checkpoints'}; starting at step 0",
                   file=sys.stderr)
+        done = self.run_dir / "summary.json"
+        if resumed and self.step >= cfg.train.steps and done.exists():
+            print(f"turnrl: --resume: the run already finished at step {self.step} (train.steps = {cfg.train.steps}); "
+                  "nothing to do (raise train.steps to train on)", file=sys.stderr)
+            return json.loads(done.read_text())
+        if resumed:
+            print(f"turnrl: --resume: continuing from step {self.step} ({self.run_dir / 'checkpoints'})", file=sys.stderr)
         log = RunLogger(self.run_dir, cfg, truncate_after=self.step if resumed else None)
         log.machine(self.step, self.model)
         summary: dict = {}
