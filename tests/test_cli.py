@@ -188,3 +188,20 @@ def test_algos_lists_every_registered_algorithm_with_what_it_reads(capsys):
     for name in ALGORITHMS:
         assert f"\n{name} " in out or f"\n{name}:" in out
     assert "gigpo (arXiv 2505.10978)" in out and "reads: clip_high, clip_low, gigpo_gamma, gigpo_step_weight, loss_agg; needs: state" in out
+
+
+def test_output_directories_that_cannot_be_made_fail_before_any_work(tmp_path, capsys):
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    # train: before the model loads (the default model would take seconds); eval: before the evaluation
+    assert main(["train", "--train.out_dir", str(afile)]) == 1
+    assert main(["train", "--train.out_dir", str(afile / "run")]) == 1
+    assert main(["eval", "--out", str(afile), "--eval.num_tasks", "1"]) == 1
+    err = capsys.readouterr().err.splitlines()
+    assert err == [f"error: train.out_dir {afile}: a file is there, not a directory",
+                   f"error: train.out_dir {afile / 'run'}: a file stands on its path",
+                   f"error: --out {afile}: a file is there, not a directory"]
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    assert main(["eval", "--out", str(run), "--eval.num_tasks", "1"]) == 2
+    assert f"--out {run} holds a training run" in capsys.readouterr().err

@@ -24,6 +24,26 @@ class ResultsError(ValueError):
     """A run directory or results file is missing something a report needs."""
 
 
+class OutDirError(RuntimeError):
+    """An output directory that cannot be made (one line, before the work starts)."""
+
+
+def make_out_dir(path: str | Path, what: str) -> Path:
+    """Make the directory ``what`` (e.g. ``train.out_dir``) names now, before minutes of work
+    go into results that could not be written: one error when a file stands there or on
+    its path, or when it may not be made."""
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise OutDirError(f"{what} {path}: a file is there, not a directory") from None
+    except NotADirectoryError:
+        raise OutDirError(f"{what} {path}: a file stands on its path") from None
+    except OSError as e:
+        raise OutDirError(f"{what} {path}: cannot be made ({e.strerror})") from None
+    return path
+
+
 @dataclass
 class EvalResult:
     metrics: dict[str, float]

@@ -25,6 +25,7 @@ from turnrl.learner import Learner
 from turnrl.logging import RunLogger
 from turnrl.metrics import episode_metrics
 from turnrl.recipes import apply_turn_penalty, branch_points, check_recipes, turn_cap
+from turnrl.results import make_out_dir
 from turnrl.rollout import RolloutConfig, context_fields, require_correct
 from turnrl.scale.sampler import LocalSampler, TrainEnvs
 from turnrl.types import Episode, Turn
@@ -66,6 +67,7 @@ def _check_resumable(saved: dict, now: dict, path) -> None:
 class Trainer:
     def __init__(self, cfg: RunConfig, model=None, tokenizer=None):
         self.cfg = cfg
+        make_out_dir(cfg.train.out_dir, "train.out_dir")  # before the model loads
         torch.manual_seed(cfg.train.seed)
         if cfg.train.threads:
             torch.set_num_threads(cfg.train.threads)
