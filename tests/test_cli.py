@@ -205,3 +205,15 @@ def test_output_directories_that_cannot_be_made_fail_before_any_work(tmp_path, c
     (run / "checkpoints").mkdir(parents=True)
     assert main(["eval", "--out", str(run), "--eval.num_tasks", "1"]) == 2
     assert f"--out {run} holds a training run" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["serve", "smollm2-135m", "--port", "99999"], "argument --port: 99999 is not in 0-65535"),
+    (["serve", "smollm2-135m", "--max-batch", "0"], "argument --max-batch: must be >= 1, got 0"),
+    (["rollout", "-n", "0"], "argument -n: must be >= 1, got 0"),
+    (["eval", "--concurrency", "x"], "argument --concurrency: 'x' is not an integer"),
+])
+def test_out_of_range_options_are_refused_before_anything_loads(argv, message, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    assert e.value.code == 2 and message in capsys.readouterr().err

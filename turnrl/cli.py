@@ -29,14 +29,14 @@ def _parser() -> argparse.ArgumentParser:
         if name == "train":
             s.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in train.out_dir")
         if name == "rollout":
-            s.add_argument("-n", type=int, default=2, help="episodes to print")
+            s.add_argument("-n", type=_int_in(1), default=2, help="episodes to print")
         if name == "eval":
             s.add_argument("--endpoint", help="evaluate an OpenAI-compatible server instead, e.g. http://127.0.0.1:8000/v1")
             s.add_argument("--endpoint-model", help="model name on the endpoint (default: the first it lists)")
             s.add_argument("--api-key-env", default="OPENAI_API_KEY", help="environment variable holding the API key")
-            s.add_argument("--concurrency", type=int, default=8, help="endpoint: requests in flight at once")
+            s.add_argument("--concurrency", type=_int_in(1), default=8, help="endpoint: requests in flight at once")
             s.add_argument("--timeout", type=float, default=120.0, help="endpoint: seconds per request")
-            s.add_argument("--max-retries", type=int, default=3, help="endpoint: retries per request, with exponential back-off")
+            s.add_argument("--max-retries", type=_int_in(0), default=3, help="endpoint: retries per request, with exponential back-off")
             s.add_argument("--out", help="results directory (default: runs/eval/<model>-<time>)")
             s.add_argument("--compare", nargs="+", metavar="SPEC",
                            help="evaluate several models on the same seeds and write one table; a SPEC is a results or "
@@ -52,15 +52,17 @@ def _parser() -> argparse.ArgumentParser:
                        "only its new tokens. Greedy replies equal the in-process engine's. Stop it with Ctrl-C.")
     v.add_argument("model", help="'smollm2-135m', a local HF dir, a run dir (its final/ model), a checkpoint dir, or a hub id")
     v.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s, this machine only)")
-    v.add_argument("--port", type=int, default=8000, help="port to listen on (default: %(default)s)")
+    v.add_argument("--port", type=_int_in(0, 65535), default=8000, help="port to listen on, 0-65535 (0: any free "
+                   "one) (default: %(default)s)")
     v.add_argument("--name", help="model name clients ask for (default: MODEL as given)")
-    v.add_argument("--max-context", type=int, default=2048, help="prompt + reply token limit")
-    v.add_argument("--max-batch", type=int, default=32, help="requests decoding together at most")
+    v.add_argument("--max-context", type=_int_in(2), default=2048, help="prompt + reply token limit (default: %(default)s)")
+    v.add_argument("--max-batch", type=_int_in(1), default=32, help="requests decoding together at most (default: "
+                   "%(default)s)")
     v.add_argument("--prefix-cache-tokens", type=int, default=32768,
                    help="tokens of finished requests' KV kept for later requests that share their prefix, least "
                         "recently used out; 0 = off. A token costs layers x 2 x kv_heads x head_dim x 4 bytes "
                         "(SmolLM2-135M: 45 KiB; the default: 1.4 GiB) (default: %(default)s)")
-    v.add_argument("--threads", type=int, default=0, help="torch CPU threads; 0 = torch's default")
+    v.add_argument("--threads", type=_int_in(0), default=0, help="torch CPU threads; 0 = torch's default")
     v.add_argument("--engine", choices=["hf", "vllm"], default="hf", help="sampler: the built-in 'hf' engine (default) "
                    "or 'vllm' (see the README; on a CPU run from .venv-vllm made by scripts/setup_vllm.sh)")
     r = sub.add_parser("report", help="build the JSON / Markdown / PNG / HTML report of a run or eval directory",
@@ -92,6 +94,19 @@ def _version() -> str:
         return version("turnrl")
     except PackageNotFoundError:  # run from a source tree that was never installed
         return "unknown (not installed)"
+
+
+def _int_in(low: int, high: int | None = None):
+    """An argparse type: an int from ``low`` to ``high`` (argparse names the option when it fails)."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        if value < low or (high is not None and value > high):
+            raise argparse.ArgumentTypeError(f"{value} is not in {low}-{high}" if high is not None else f"must be >= {low}, got {value}")
+        return value
+    return parse
 
 
 def split_overrides(argv: list[str]) -> tuple[list[str], list[str]]:
