@@ -217,3 +217,8 @@ def test_out_of_range_options_are_refused_before_anything_loads(argv, message, c
     with pytest.raises(SystemExit) as e:
         main(argv)
     assert e.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_a_shortcut_and_its_field_together_are_refused(capsys):
+    assert main(["eval", "--model", "x", "--model.name", "y"]) == 2
+    assert "--model is a shortcut for --model.name: give one of them" in capsys.readouterr().err

@@ -140,3 +140,14 @@ def test_a_prompt_template_that_cannot_be_filled_is_an_error(tmp_path, template,
         load_config(None, ["--task.source", "file", "--task.path", str(data), "--task.prompt_template", json.dumps(template)])
     literal = load_config(None, ["--task.source", "file", "--task.path", str(data), "--task.prompt_template", '"{{x}} {question}"'])
     assert literal.task.prompt_template == "{{x}} {question}"
+
+
+def test_config_files_that_are_not_text_or_not_files(tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_bytes(b"\xff\xfe[train]\n")
+    with pytest.raises(ConfigError, match=r"bad\.toml: not UTF-8 text \(invalid start byte at byte 0\)"):
+        load_config(bad)
+    with pytest.raises(ConfigError, match=r"is a directory"):
+        load_config(tmp_path)
+    with pytest.raises(ConfigError, match=r"task\.operators: String should match pattern"):
+        load_config(None, ["--task.operators", "/x"])

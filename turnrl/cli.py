@@ -347,10 +347,12 @@ _WITH_CONFIG = {"eval": _eval, "train": _train, "rollout": _rollout}
 def _dispatch(args, rest: list[str]) -> int:
     if args.cmd in _WITHOUT_CONFIG:
         return _WITHOUT_CONFIG[args.cmd](args, rest)
-    if getattr(args, "model_name", None):
-        rest = [*rest, "--model.name", args.model_name]
-    if getattr(args, "engine", None):
-        rest = [*rest, "--scale.engine", args.engine]
+    for flag, key, value in (("--model", "--model.name", getattr(args, "model_name", None)),
+                             ("--engine", "--scale.engine", getattr(args, "engine", None))):
+        if value:
+            if any(a == key or a.startswith(key + "=") for a in rest):
+                raise ConfigError(f"{flag} is a shortcut for {key}: give one of them")
+            rest = [*rest, key, value]
     return _WITH_CONFIG[args.cmd](args, load_config(args.config, rest))
 
 

@@ -78,7 +78,7 @@ class ModelConfig(Section):
 class TaskConfig(Section):
     source: Literal["arithmetic", "file"] = Field("arithmetic", description="built-in arithmetic generator, or a local file")
     digits: int = Field(2, ge=1, le=9, description="arithmetic: digits per operand")
-    operators: str = Field("+", description="arithmetic: operators to draw from, e.g. '+-*'")
+    operators: str = Field("+", pattern=r"^[+*-]+$", description="arithmetic: operators to draw from, e.g. '+-*'")
     operands: int = Field(2, ge=2, le=6, description="arithmetic: operands per question")
     multiple_choice: bool = Field(False, description="arithmetic: show lettered options and ask for the letter")
     num_choices: int = Field(4, ge=2, le=8, description="arithmetic: options per question")
@@ -428,11 +428,13 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
     if path is not None:
         p = Path(path)
         if not p.is_file():
-            raise ConfigError(f"config file {p} not found")
+            raise ConfigError(f"config file {p} {'is a directory' if p.is_dir() else 'not found'}")
         try:
-            data = tomllib.loads(p.read_text())
+            data = tomllib.loads(p.read_text(encoding="utf-8"))
         except tomllib.TOMLDecodeError as e:
             raise ConfigError(f"{p}: invalid TOML: {e}") from None
+        except UnicodeDecodeError as e:
+            raise ConfigError(f"{p}: not UTF-8 text ({e.reason} at byte {e.start})") from None
         source = str(p)
     if overrides:
         data = _merge(data, parse_overrides(overrides))

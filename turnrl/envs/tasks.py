@@ -258,7 +258,8 @@ def split_tasks(source: TaskSource, split: str, eval_size: int, seed: int = 0) -
     order = list(range(len(source)))
     random.Random(seed).shuffle(order)
     if eval_size >= len(order):
-        raise DataError(f"eval_size={eval_size} leaves no training rows (source has {len(order)})")
+        raise DataError(f"{getattr(source, 'path', 'task source')}: eval_size={eval_size} leaves no training rows "
+                        f"(the source has {len(order)})")
     if split == "eval":
         return IndexView(source, order[:eval_size])
     held = {source[i].question for i in order[:eval_size]}
