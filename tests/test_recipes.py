@@ -112,7 +112,7 @@ def test_turn_cap_schedule_limits_training_rollouts_not_eval(tmp_path, tokenizer
     ("[[0, 0]]", "every cap must be >= 1"),
 ])
 def test_turn_cap_schedule_errors(schedule, message):
-    with pytest.raises(ConfigError, match="rollout: max_turns_schedule: " + re.escape(message)):
+    with pytest.raises(ConfigError, match="rollout.max_turns_schedule: " + re.escape(message)):
         load_config(None, ["--rollout.max_turns_schedule", schedule])
 
 
