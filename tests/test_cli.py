@@ -199,8 +199,9 @@ def test_output_directories_that_cannot_be_made_fail_before_any_work(tmp_path, c
     assert main(["eval", "--out", str(afile), "--eval.num_tasks", "1"]) == 1
     err = capsys.readouterr().err.splitlines()
     assert err == [f"error: train.out_dir {afile}: a file is there, not a directory",
-                   f"error: train.out_dir {afile / 'run'}: a file stands on its path",
+                   f"error: train.out_dir {afile / 'run'}: a file stands on its path ({afile})",
                    f"error: --out {afile}: a file is there, not a directory"]
+    assert not any(p.is_dir() for p in tmp_path.iterdir())  # nothing made by the failed commands
     run = tmp_path / "run"
     (run / "checkpoints").mkdir(parents=True)
     assert main(["eval", "--out", str(run), "--eval.num_tasks", "1"]) == 2

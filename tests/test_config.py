@@ -111,6 +111,8 @@ def test_context_fields_the_strategy_ignores_are_errors(args, field):
     ('[train]\nlr = inf\n', r"train\.lr: Input should be a finite number"),
     ('[rollout]\ntemperature = inf\n', r"rollout\.temperature: Input should be a finite number"),
     ('[train]\nbetas = [1.5, 0.999]\n', r"train\.betas: each must be in \[0, 1\), got \[1\.5, 0\.999\]"),
+    ('[train]\nbetas = ["0.9", 0.999]\n', r"train\.betas: expected a number, got '0\.9'"),
+    ('[rollout]\nmax_turns_schedule = [[true, 2]]\n', r"rollout\.max_turns_schedule: expected a number, got True"),
 ])
 def test_values_of_the_wrong_type_or_infinite_are_errors_naming_the_field(tmp_path, toml, message):
     with pytest.raises(ConfigError, match=message):
@@ -151,3 +153,10 @@ def test_config_files_that_are_not_text_or_not_files(tmp_path):
         load_config(tmp_path)
     with pytest.raises(ConfigError, match=r"task\.operators: String should match pattern"):
         load_config(None, ["--task.operators", "/x"])
+
+
+def test_numbers_json_does_not_read_are_numbers_on_the_command_line():
+    assert parse_overrides(["--rollout.temperature", ".7", "--train.steps", "1_0", "--train.lr", "5."]) == {
+        "rollout": {"temperature": 0.7}, "train": {"steps": 10, "lr": 5.0}}
+    assert parse_overrides(["--train.out_dir", "runs/x.5", "--env.name", "inf"]) == {
+        "train": {"out_dir": "runs/x.5"}, "env": {"name": "inf"}}

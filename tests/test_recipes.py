@@ -68,6 +68,8 @@ def test_turn_penalty_never_takes_a_right_answer_below_zero():
     late, early = ep(5, 5, reward=0.0625), ep(2, 2, reward=1.0)
     assert apply_turn_penalty([late, early], 0.1) == 2
     assert late.turns[-1].reward == 0.0 and early.turns[-1].reward == pytest.approx(0.9)
+    repeated = ep(5, 5, reward=0.0625 - 0.3)  # UFO's repetition penalty on the solving turn: already below 0
+    assert apply_turn_penalty([repeated], 0.1) == 0 and repeated.turns[-1].reward == pytest.approx(-0.2375)
 
 
 def test_turn_penalty_in_training_rollouts(tmp_path, tokenizer):

@@ -1,5 +1,6 @@
 import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -195,12 +196,42 @@ def test_resume_refuses_other_training_settings_and_a_finished_run_is_left_alone
                                           r"\(algo\.masks = \['zero_variance'\] there, \[\] here; algo\.name = 'grpo' "
                                           r"there, 'gae' here; rollout\.group_size = 3 there, 4 here\)"):
         Trainer(changed, make_tiny_model(), tokenizer).train(resume=True)
+    with pytest.raises(RunDirError, match=r"resume with them \(--algo\.masks '\[\"zero_variance\"\]' --algo\.name "
+                                          r"'\"grpo\"' --rollout\.group_size '3'; only train\.steps"):
+        Trainer(changed, make_tiny_model(), tokenizer).train(resume=True)
     # the same settings, train.steps not raised: the finished run is not evaluated again
     again = Trainer(cfg_for(tmp_path, "f", steps=1), make_tiny_model(), tokenizer).train(resume=True)
     assert again == json.loads(json.dumps(first)) and "already finished at step 1" in capsys.readouterr().err
     evals = [json.loads(l)["step"] for l in (tmp_path / "f" / "metrics.jsonl").read_text().splitlines()
              if json.loads(l)["split"] == "eval"]
     assert evals == [1]
+
+
+def test_a_field_added_since_the_checkpoint_does_not_block_its_resume():
+    from turnrl.trainer import _check_resumable
+
+    now = cfg_for(Path("/tmp"), "x").model_dump(mode="json")
+    saved = json.loads(json.dumps(now))
+    del saved["rollout"]["context"]  # a checkpoint from before rollout.context existed
+    _check_resumable(saved, now, "ckpt")
+
+
+def test_a_run_extended_and_interrupted_before_its_end_is_not_taken_for_finished(tmp_path, tokenizer, monkeypatch):
+    Trainer(cfg_for(tmp_path, "g", steps=1), make_tiny_model(), tokenizer).train()  # finished at 1: summary.json
+
+    def crash(self):
+        raise KeyboardInterrupt  # after the step-2 checkpoint, before the final model and evaluation
+
+    with monkeypatch.context() as m:
+        m.setattr(Trainer, "save_final", crash)
+        with pytest.raises(KeyboardInterrupt):
+            Trainer(cfg_for(tmp_path, "g", steps=2), make_tiny_model(), tokenizer).train(resume=True)
+    assert not (tmp_path / "g" / "summary.json").exists()  # step 1's summary went when training went on
+    summary = Trainer(cfg_for(tmp_path, "g", steps=2), make_tiny_model(), tokenizer).train(resume=True)
+    assert "eval_after" in summary and (tmp_path / "g" / "final").is_dir()
+    evals = [json.loads(l)["step"] for l in (tmp_path / "g" / "metrics.jsonl").read_text().splitlines()
+             if json.loads(l)["split"] == "eval"]
+    assert evals == [1, 2]
 
 
 def test_a_resumed_run_keeps_its_eval_before(tmp_path, tokenizer):

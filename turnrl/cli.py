@@ -273,7 +273,7 @@ def held_out_line(meta: dict) -> str:
 def _eval(args, cfg) -> int:
     from turnrl.build import env_factory
     from turnrl.evaluate import evaluate
-    from turnrl.results import EVAL_FILE, find_evals, load_eval, make_out_dir
+    from turnrl.results import EVAL_FILE, check_out_dir, find_evals, load_eval
 
     if args.endpoint and (args.compare or args.model_name):
         raise ConfigError("--endpoint names the model to evaluate (it replaces [model]); drop --model / --compare "
@@ -283,7 +283,7 @@ def _eval(args, cfg) -> int:
     out = Path(args.out or Path("runs") / "eval" / f"{_slug(specs[0] if len(specs) == 1 else 'compare')}-{time.strftime('%Y%m%d-%H%M%S')}")
     if (out / "metrics.jsonl").exists() or (out / "checkpoints").is_dir():
         raise ConfigError(f"--out {out} holds a training run; its evaluations are in {out / 'evals'}: choose another --out")
-    make_out_dir(out, "--out")  # before the evaluation: its results must have somewhere to go
+    check_out_dir(out, "--out")  # before the evaluation: its results must have somewhere to go
     results = []
     for i, spec in enumerate(specs):
         p = Path(spec)

@@ -32,11 +32,8 @@ class Section(BaseModel):
             return data
         for name, value in data.items():
             field = cls.model_fields.get(name)
-            kind = _scalar_kind(field.annotation) if field is not None else None
-            if kind is bool and not isinstance(value, bool):
-                raise ValueError(f"{name}: expected true or false, got {value!r}")
-            if kind in (int, float) and (isinstance(value, (bool, str))):
-                raise ValueError(f"{name}: expected a number, got {value!r}")
+            if field is not None:
+                _check_written(field.annotation, value, name)
         return data
 
     def _forbid_unless(self, condition: bool, fields: list[str], why: str) -> None:
@@ -47,15 +44,29 @@ class Section(BaseModel):
             raise ValueError(f"{', '.join(set_here)} would be ignored: {why}")
 
 
-def _scalar_kind(annotation) -> type | None:
-    """bool, int or float for a field of that type (or that type | None), else None."""
+def _check_written(annotation, value, name: str) -> None:
+    """``value`` of a field typed ``annotation``: a bool, int or float (alone, ``| None``, or
+    inside lists and tuples of them) must be written as one."""
     import types
     import typing
 
-    if isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is typing.Union:
-        args = [a for a in typing.get_args(annotation) if a is not type(None)]
-        annotation = args[0] if len(args) == 1 else None
-    return annotation if annotation in (bool, int, float) else None
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if isinstance(annotation, types.UnionType) or origin is typing.Union:
+        rest = [a for a in args if a is not type(None)]
+        if len(rest) == 1 and value is not None:
+            _check_written(rest[0], value, name)
+        return
+    if origin in (list, tuple) and isinstance(value, (list, tuple)):
+        for i, v in enumerate(value):
+            inner = args[0] if origin is list or (len(args) == 2 and args[1] is Ellipsis) else (
+                args[i] if i < len(args) else None)
+            if inner is not None:
+                _check_written(inner, v, name)
+        return
+    if annotation is bool and not isinstance(value, bool):
+        raise ValueError(f"{name}: expected true or false, got {value!r}")
+    if annotation in (int, float) and isinstance(value, (bool, str)):
+        raise ValueError(f"{name}: expected a number, got {value!r}")
 
 
 class ModelConfig(Section):
@@ -404,7 +415,7 @@ def parse_overrides(args: list[str]) -> dict[str, Any]:
         try:
             parsed = json.loads(value)
         except json.JSONDecodeError:
-            parsed = value
+            parsed = _number(value)
         node = out
         parts = key[2:].split(".")
         for depth, p in enumerate(parts[:-1], 1):
@@ -413,6 +424,19 @@ def parse_overrides(args: list[str]) -> dict[str, Any]:
                 raise ConfigError(f"override {key}: {'.'.join(parts[:depth])} was already given a value")
         node[parts[-1]] = parsed
     return out
+
+
+def _number(text: str) -> Any:
+    """A number JSON does not read (``.7``, ``5.``, ``+1``, ``1_000``) as one; other text as it is."""
+    if re.fullmatch(r"[+-]?(\d[\d_]*)?\.?\d*([eE][+-]?\d+)?", text) and any(c.isdigit() for c in text):
+        try:
+            return int(text)
+        except ValueError:
+            try:
+                return float(text)
+            except ValueError:
+                pass
+    return text
 
 
 def _merge(base: dict, extra: dict) -> dict:

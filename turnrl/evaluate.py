@@ -139,8 +139,9 @@ def _pass_at_k(runner: Runner, cfg: RunConfig, seeds: list[int], n: int, sp: Sam
     """Pass@1 and Pass@k (k = ``eval.pass_k``) into ``metrics`` / ``intervals``, from ``n``
     >= k independent single-attempt samples per task, side by side in one batch so the
     engine encodes each prompt once (the Pass@k baseline of UFO, arXiv 2507.14295); with
-    n > k the unbiased estimator is more than "any of k" (Chen et al. 2021). A task with a
-    failed (errored) sample cannot give Pass@k and is left out; the errors are counted."""
+    n > k the unbiased estimator is more than "any of k" (Chen et al. 2021). Errored samples
+    (an endpoint that failed) are counted and left out; a task left with fewer than k
+    samples cannot give Pass@k and is left out too."""
     ev, k = cfg.eval, cfg.eval.pass_k
     rc = RolloutConfig(replace(sp, temperature=ev.pass_temperature, seed=cfg.train.seed + 100),
                        max_context=cfg.rollout.max_context, **context_fields(cfg.rollout))

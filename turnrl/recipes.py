@@ -29,11 +29,11 @@ def turn_cap(schedule: list[tuple[int, int]] | list[list[int]], step: int, defau
 def apply_turn_penalty(episodes: list[Episode], penalty: float) -> int:
     """In place: a solved episode's solving turn (the first whose ``info["correct"]`` is true)
     loses ``penalty * (k - 1)``, k its 1-based position among all the episode's turns
-    (replayed ones included: they are turns the solution took), but never below 0: a right
-    answer, however late, never scores less than no answer does in an env whose failures
-    score 0 or less (uncapped, UFO's 1/16 for a fifth-turn solve fell below an unsolved
-    episode's 0 at any penalty above 1/64). Returns how many episodes were penalised.
-    Unsolved episodes are left alone."""
+    (replayed ones included: they are turns the solution took), but the penalty never takes
+    that turn's reward below 0 (uncapped, UFO's 1/16 for a fifth-turn solve fell below an
+    unsolved episode's 0 at any penalty above 1/64); a solving turn already at or below 0
+    (e.g. UFO's repetition penalty on it) keeps its reward. Returns how many episodes'
+    rewards the penalty lowered. Unsolved episodes are left alone."""
     n = 0
     for ep in episodes:
         for k, turn in enumerate(ep.turns, start=1):
@@ -41,7 +41,7 @@ def apply_turn_penalty(episodes: list[Episode], penalty: float) -> int:
                 if k > 1 and not turn.frozen:
                     r = float(turn.reward)
                     turn.reward = max(r - penalty * (k - 1), min(r, 0.0))
-                    n += 1
+                    n += turn.reward < r
                 break
     return n
 

@@ -8,6 +8,7 @@ reports need and names what is missing.
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,19 +29,21 @@ class OutDirError(RuntimeError):
     """An output directory that cannot be made (one line, before the work starts)."""
 
 
-def make_out_dir(path: str | Path, what: str) -> Path:
-    """Make the directory ``what`` (e.g. ``train.out_dir``) names now, before minutes of work
-    go into results that could not be written: one error when a file stands there or on
-    its path, or when it may not be made."""
+def check_out_dir(path: str | Path, what: str) -> Path:
+    """Check, before minutes of work go into results that could not be written, that the
+    directory ``what`` (e.g. ``train.out_dir``) names can be made: one error when a file
+    stands there or on its path, or when its nearest existing folder is not writable.
+    Nothing is created (a run that fails early leaves no empty directory)."""
     path = Path(path)
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-    except FileExistsError:
-        raise OutDirError(f"{what} {path}: a file is there, not a directory") from None
-    except NotADirectoryError:
-        raise OutDirError(f"{what} {path}: a file stands on its path") from None
-    except OSError as e:
-        raise OutDirError(f"{what} {path}: cannot be made ({e.strerror})") from None
+    for p in (path, *path.parents):
+        if not p.exists():
+            continue
+        if not p.is_dir():
+            raise OutDirError(f"{what} {path}: " + ("a file is there, not a directory" if p == path
+                                                     else f"a file stands on its path ({p})"))
+        if not os.access(p, os.W_OK | os.X_OK) and p != path:
+            raise OutDirError(f"{what} {path}: {p} is not writable")
+        break
     return path
 
 

@@ -25,7 +25,7 @@ from turnrl.learner import Learner
 from turnrl.logging import RunLogger
 from turnrl.metrics import episode_metrics
 from turnrl.recipes import apply_turn_penalty, branch_points, check_recipes, turn_cap
-from turnrl.results import make_out_dir
+from turnrl.results import check_out_dir
 from turnrl.rollout import RolloutConfig, context_fields, require_correct
 from turnrl.scale.sampler import LocalSampler, TrainEnvs
 from turnrl.types import Episode, Turn
@@ -55,19 +55,20 @@ def _check_resumable(saved: dict, now: dict, path) -> None:
                              else [(f"{prefix}{key}", val)])}
 
     before, after = flat(saved), flat(now)
-    changed = sorted(k for k in before.keys() | after.keys()
-                     if before.get(k) != after.get(k) and not k.startswith(RESUME_MAY_CHANGE))
+    # a field the checkpoint's config lacks was added since: it ran with that field's default
+    changed = sorted(k for k in before if before[k] != after.get(k) and not k.startswith(RESUME_MAY_CHANGE))
     if changed:
-        diff = "; ".join(f"{k} = {before.get(k)!r} there, {after.get(k)!r} here" for k in changed)
+        diff = "; ".join(f"{k} = {before[k]!r} there, {after.get(k)!r} here" for k in changed)
+        fix = " ".join(f"--{k} '{json.dumps(before[k])}'" for k in changed)
         raise RunDirError(f"--resume: the checkpoint {path} was trained with other settings ({diff}); resume with "
-                          "the run's config.json (only train.steps, checkpointing, eval, log and scale may change), "
-                          "or start a new train.out_dir")
+                          f"them ({fix}; only train.steps, checkpointing, eval, log and scale may change), or start "
+                          "a new train.out_dir")
 
 
 class Trainer:
     def __init__(self, cfg: RunConfig, model=None, tokenizer=None):
         self.cfg = cfg
-        make_out_dir(cfg.train.out_dir, "train.out_dir")  # before the model loads
+        check_out_dir(cfg.train.out_dir, "train.out_dir")  # before the model loads
         torch.manual_seed(cfg.train.seed)
         if cfg.train.threads:
             torch.set_num_threads(cfg.train.threads)
@@ -278,6 +279,7 @@ class Trainer:
             return json.loads(done.read_text())
         if resumed:
             print(f"turnrl: --resume: continuing from step {self.step} ({self.run_dir / 'checkpoints'})", file=sys.stderr)
+        done.unlink(missing_ok=True)  # an earlier finish's summary: this run writes its own when it ends
         log = RunLogger(self.run_dir, cfg, truncate_after=self.step if resumed else None)
         log.machine(self.step, self.model)
         summary: dict = {}

@@ -29,7 +29,7 @@ def check_prompt_template(template: str) -> None:
         raise ValueError(f"prompt_template: {template!r} has no {{question}}: every prompt would be the same text")
     try:
         template.format(question="")
-    except (KeyError, IndexError, ValueError) as e:
+    except (KeyError, IndexError, ValueError, AttributeError, TypeError) as e:
         raise ValueError(f"prompt_template: {template!r}: only {{question}} can be filled in (write {{{{ and }}}} "
                          f"for a literal brace): {type(e).__name__}: {e}") from None
 
