@@ -223,3 +223,8 @@ def test_out_of_range_options_are_refused_before_anything_loads(argv, message, c
 def test_a_shortcut_and_its_field_together_are_refused(capsys):
     assert main(["eval", "--model", "x", "--model.name", "y"]) == 2
     assert "--model is a shortcut for --model.name: give one of them" in capsys.readouterr().err
+
+
+def test_check_env_refuses_a_second_env_name(capsys):
+    assert main(["check-env", "retry", "--env.name", "wordle"]) == 2
+    assert "check-env retry: the env is named once" in capsys.readouterr().err

@@ -175,6 +175,8 @@ def _check_env(args, rest: list[str]) -> int:
     from turnrl.build import env_factory, has_split
     from turnrl.envs import EnvCheckError, check_env, check_split
 
+    if any(a == "--env.name" or a.startswith("--env.name=") for a in rest):
+        raise ConfigError(f"check-env {args.env}: the env is named once, as the command's argument; drop --env.name")
     cfg = load_config(args.config, ["--env.name", args.env, *rest])
     try:
         with warnings.catch_warnings():
