@@ -35,3 +35,19 @@ def test_local_hf_directory_loads(tmp_path, tokenizer):
     tokenizer.save_pretrained(tmp_path / "m")
     assert load_model(str(tmp_path / "m")).config.hidden_size == 32
     assert load_tokenizer(str(tmp_path / "m")).chat_template
+
+
+def test_a_hub_id_that_is_not_cached_fails_at_once_when_the_hub_cannot_be_reached(monkeypatch):
+    import socket
+    import time
+
+    with socket.socket() as s:  # a local port nothing listens on: the "hub" refuses at once
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    monkeypatch.delenv("HF_HUB_OFFLINE")  # online as far as turnrl knows; no request leaves the machine
+    monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{port}")
+    t0 = time.monotonic()
+    with pytest.raises(ModelLoadError, match=rf"not in the Hugging Face cache, and the hub \(127\.0\.0\.1:{port}\) "
+                                             r"cannot be reached"):
+        load_model("no-such-org/no-such-model")
+    assert time.monotonic() - t0 < 5  # huggingface_hub's own retries took about a minute

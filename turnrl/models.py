@@ -88,7 +88,35 @@ def resolve_model_path(name: str) -> str:
         return str(p)
     if name.startswith((".", "/", "~")) or os.sep in name.strip("/").replace("/", "", 1):
         raise ModelLoadError(f"model path {name!r} does not exist")
+    _check_hub_reachable(name)
     return name  # a hub id
+
+
+#: seconds the hub gets to accept a connection before a hub id that is not cached is refused
+HUB_PROBE_TIMEOUT_S = 3.0
+
+
+def _check_hub_reachable(name: str) -> None:
+    """A hub id that is not in the local cache needs the hub: when it cannot be reached, say
+    so at once (huggingface_hub would retry for about a minute first). ``HF_HUB_OFFLINE``
+    set: nothing to probe, the hub client fails at once itself."""
+    import socket
+    from urllib.parse import urlparse
+
+    from huggingface_hub import try_to_load_from_cache
+
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
+        return
+    if isinstance(try_to_load_from_cache(name, "config.json"), str):
+        return  # cached: transformers loads it (and may refresh it)
+    url = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+    port = url.port or (443 if url.scheme == "https" else 80)
+    try:
+        socket.create_connection((url.hostname, port), timeout=HUB_PROBE_TIMEOUT_S).close()
+    except OSError as e:
+        raise ModelLoadError(f"could not load model {name!r}: it is not a local directory, not in the Hugging Face "
+                             f"cache, and the hub ({url.hostname}:{port}) cannot be reached ({e}). Pass a local model "
+                             f"directory, or '{DEFAULT_MODEL}' for the bundled SmolLM2-135M-Instruct.") from None
 
 
 def load_tokenizer(name: str):
