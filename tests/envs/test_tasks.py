@@ -43,6 +43,9 @@ def test_jsonl_missing_field_names_file_and_line(tmp_path):
     p.write_text(json.dumps({"question": "q", "answer": "1"}) + "\n" + json.dumps({"question": "q2"}) + "\n")
     with pytest.raises(DataError, match=r"d\.jsonl:2: missing field 'answer'"):
         FileTasks(p)
+    p.write_text(json.dumps({"question": None, "answer": "1"}) + "\n")
+    with pytest.raises(DataError, match=r"d\.jsonl:1: field 'question' is empty \(None\)"):
+        FileTasks(p)
 
 
 def test_unparsable_gsm8k_answer_names_line(tmp_path):
@@ -68,7 +71,7 @@ def test_csv_and_parquet_with_custom_fields(tmp_path):
 
     c = tmp_path / "d.csv"
     c.write_text("prompt,target\nWhat is 1+1?,2\nWhat is 2+2?,\n")
-    with pytest.raises(DataError, match=r"d\.csv:3: missing field 'target'"):
+    with pytest.raises(DataError, match=r"d\.csv:3: field 'target' is empty \(''\)"):
         FileTasks(c, question_field="prompt", answer_field="target")
     q = tmp_path / "d.parquet"
     pq.write_table(pa.table({"prompt": ["a", "b"], "target": ["1", "2"]}), q)

@@ -235,8 +235,10 @@ class FileTasks:
     def _task(self, line, row: dict) -> Task:
         where = f"{self.path}:{line}"
         for name in (self.question_field, self.answer_field):
-            if row.get(name) in (None, ""):
+            if name not in row:
                 raise DataError(f"{where}: missing field {name!r} (row has {sorted(row)})")
+            if row[name] is None or (isinstance(row[name], str) and not row[name].strip()):
+                raise DataError(f"{where}: field {name!r} is empty ({row[name]!r})")
         answer = str(row[self.answer_field])
         if self.answer_format == "gsm8k":
             m = _GSM8K_ANSWER.search(answer)
