@@ -117,14 +117,15 @@ def test_compare_of_stored_results_prints_one_table(tmp_path, capsys):
     assert "was evaluated on other seeds or turns than" in capsys.readouterr().err
 
 
-def test_endpoint_and_model_together_is_a_config_error(capsys):
-    assert main(["eval", "--endpoint", "http://127.0.0.1:9/v1", "--model", "smollm2-135m"]) == 2
-    assert "--endpoint names the model to evaluate" in capsys.readouterr().err
-
-
-def test_a_negative_prefix_cache_budget_is_a_config_error(capsys):
-    assert main(["serve", "smollm2-135m", "--prefix-cache-tokens", "-1"]) == 2
-    assert "--prefix-cache-tokens -1: must be >= 0 (0 = off)" in capsys.readouterr().err
+@pytest.mark.parametrize("argv, message", [
+    (["eval", "--endpoint", "http://127.0.0.1:9/v1", "--model", "smollm2-135m"], "--endpoint names the model to evaluate"),
+    (["serve", "smollm2-135m", "--prefix-cache-tokens", "-1"], "--prefix-cache-tokens -1: must be >= 0 (0 = off)"),
+    (["eval", "--model", "x", "--model.name", "y"], "--model is a shortcut for --model.name: give one of them"),
+    (["check-env", "retry", "--env.name", "wordle"], "check-env retry: the env is named once"),
+])
+def test_conflicting_or_out_of_range_options_are_config_errors(argv, message, capsys):
+    assert main(argv) == 2
+    assert message in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("cmd", [["envs"], ["algos"], ["report", "runs/x"], ["serve", "smollm2-135m"]])
@@ -218,13 +219,3 @@ def test_out_of_range_options_are_refused_before_anything_loads(argv, message, c
     with pytest.raises(SystemExit) as e:
         main(argv)
     assert e.value.code == 2 and message in capsys.readouterr().err
-
-
-def test_a_shortcut_and_its_field_together_are_refused(capsys):
-    assert main(["eval", "--model", "x", "--model.name", "y"]) == 2
-    assert "--model is a shortcut for --model.name: give one of them" in capsys.readouterr().err
-
-
-def test_check_env_refuses_a_second_env_name(capsys):
-    assert main(["check-env", "retry", "--env.name", "wordle"]) == 2
-    assert "check-env retry: the env is named once" in capsys.readouterr().err
