@@ -109,6 +109,11 @@ def _int_in(low: int, high: int | None = None):
     return parse
 
 
+def _overrides(rest: list[str], key: str) -> bool:
+    """Whether the command line's overrides set ``key`` (``--section.field``)."""
+    return any(a == key or a.startswith(key + "=") for a in rest)
+
+
 def split_overrides(argv: list[str]) -> tuple[list[str], list[str]]:
     """Separate ``--section.key value`` (or ``--section.key=value``) pairs from the rest,
     so an override's value is never taken for a positional argument."""
@@ -175,7 +180,7 @@ def _check_env(args, rest: list[str]) -> int:
     from turnrl.build import env_factory, has_split
     from turnrl.envs import EnvCheckError, check_env, check_split
 
-    if any(a == "--env.name" or a.startswith("--env.name=") for a in rest):
+    if _overrides(rest, "--env.name"):
         raise ConfigError(f"check-env {args.env}: the env is named once, as the command's argument; drop --env.name")
     cfg = load_config(args.config, ["--env.name", args.env, *rest])
     try:
@@ -275,7 +280,7 @@ def held_out_line(meta: dict) -> str:
 def _eval(args, cfg) -> int:
     from turnrl.build import env_factory
     from turnrl.evaluate import evaluate
-    from turnrl.results import EVAL_FILE, check_out_dir, find_evals, load_eval
+    from turnrl.results import EVAL_FILE, check_out_dir, find_evals, holds_training_run, load_eval
 
     if args.endpoint and (args.compare or args.model_name):
         raise ConfigError("--endpoint names the model to evaluate (it replaces [model]); drop --model / --compare "
@@ -283,7 +288,7 @@ def _eval(args, cfg) -> int:
     env_factory(cfg, "eval")  # bad data fails before any model loads
     specs = args.compare or [args.endpoint or cfg.model.name]
     out = Path(args.out or Path("runs") / "eval" / f"{_slug(specs[0] if len(specs) == 1 else 'compare')}-{time.strftime('%Y%m%d-%H%M%S')}")
-    if (out / "metrics.jsonl").exists() or (out / "checkpoints").is_dir():
+    if holds_training_run(out):
         raise ConfigError(f"--out {out} holds a training run; its evaluations are in {out / 'evals'}: choose another --out")
     check_out_dir(out, "--out")  # before the evaluation: its results must have somewhere to go
     results = []
@@ -352,7 +357,7 @@ def _dispatch(args, rest: list[str]) -> int:
     for flag, key, value in (("--model", "--model.name", getattr(args, "model_name", None)),
                              ("--engine", "--scale.engine", getattr(args, "engine", None))):
         if value:
-            if any(a == key or a.startswith(key + "=") for a in rest):
+            if _overrides(rest, key):
                 raise ConfigError(f"{flag} is a shortcut for {key}: give one of them")
             rest = [*rest, key, value]
     return _WITH_CONFIG[args.cmd](args, load_config(args.config, rest))

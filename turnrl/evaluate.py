@@ -110,11 +110,16 @@ def _evaluate(runner: Runner, cfg: RunConfig, step: int | None, bar: "EvalProgre
     metrics["errored_episodes"] = float(len(errored))
     metrics["distinct_instances"] = float(distinct)
     if ev.pass_k > 0:
-        _pass_at_k(runner, cfg, seeds, n, sp, bar, metrics, intervals)
+        pass_metrics, pass_intervals, errored_samples = _pass_at_k(runner, cfg, seeds, n, sp, bar)
+        metrics.update(pass_metrics)
+        intervals.update(pass_intervals)
+        metrics["errored_episodes"] += errored_samples
     metrics["eval_seconds"] = time.time() - t0
     tok = getattr(runner, "tokenizer", None)
+    model = model_of(runner)
+    machine = None if model is None else machine_record(model)  # what eval_seconds were measured on
     meta = {
-        "model": runner.name, "dtype": _dtype(model_of(runner)), "env": cfg.env.name, "split": "eval", "seeds": seeds,
+        "model": runner.name, "dtype": machine and machine["policy_dtype"], "env": cfg.env.name, "split": "eval", "seeds": seeds,
         "max_turns": turns, "step": step, "temperature": ev.temperature,
         "max_new_tokens": max_new, "pass_k": ev.pass_k, "pass_n": n, "pass_temperature": ev.pass_temperature,
         "distinct_instances": distinct, "distinct_by": distinct_by, "split_instances": split_size,
@@ -123,20 +128,19 @@ def _evaluate(runner: Runner, cfg: RunConfig, step: int | None, bar: "EvalProgre
         "reports_correct": any(t.info.get("correct") is not None for e in scored for t in e.live_turns),
         "task": cfg.task.model_dump(mode="json") if cfg.env.name == "retry" else None,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
-        # what eval_seconds were measured on (in-process; None over HTTP)
-        "machine": None if model_of(runner) is None else machine_record(model_of(runner)),
+        "machine": machine,  # None over HTTP and with vLLM
     }
     # template-collapse diagnostic (RAGEN-2); its time is in collapse_seconds, not eval_seconds
     bar.start("collapse diagnostic", None)
-    c_metrics, c_intervals, meta["collapse"] = collapse_metrics(scored, model_of(runner), ev.collapse_sample)
+    c_metrics, c_intervals, meta["collapse"] = collapse_metrics(scored, model, ev.collapse_sample)
     metrics.update(c_metrics)
     intervals.update(c_intervals)
     return EvalResult(metrics, intervals, meta, [episode_record(e, tok) for e in episodes])
 
 
-def _pass_at_k(runner: Runner, cfg: RunConfig, seeds: list[int], n: int, sp: SamplingParams, bar: "EvalProgress",
-               metrics: dict, intervals: dict) -> None:
-    """Pass@1 and Pass@k (k = ``eval.pass_k``) into ``metrics`` / ``intervals``, from ``n``
+def _pass_at_k(runner: Runner, cfg: RunConfig, seeds: list[int], n: int, sp: SamplingParams,
+               bar: "EvalProgress") -> tuple[dict, dict, int]:
+    """Pass@1 and Pass@k (k = ``eval.pass_k``), their intervals and the errored samples, from ``n``
     >= k independent single-attempt samples per task, side by side in one batch so the
     engine encodes each prompt once (the Pass@k baseline of UFO, arXiv 2507.14295); with
     n > k the unbiased estimator is more than "any of k" (Chen et al. 2021). Errored samples
@@ -155,14 +159,11 @@ def _pass_at_k(runner: Runner, cfg: RunConfig, seeds: list[int], n: int, sp: Sam
             continue
         tried[s] += 1
         correct[s] += int(bool(ep.turns and ep.turns[0].info.get("correct")))
-    metrics["errored_episodes"] += sum(1 for e in samples if e.info.get("error"))
     kept = [s for s in seeds if tried[s] >= k]
+    metrics, intervals = {}, {}
     for kk in sorted({1, k}):
         per_task = np.array([pass_at_k(tried[s], correct[s], kk) for s in kept])
         metrics[f"pass@{kk}"] = float(per_task.mean()) if kept else 0.0
         intervals[f"pass@{kk}"] = bootstrap_ci(per_task)
+    return metrics, intervals, sum(1 for e in samples if e.info.get("error"))
 
-
-def _dtype(model) -> str | None:
-    """The dtype the in-process policy computes in ("float32", "bfloat16"); None for an endpoint."""
-    return None if model is None else str(next(model.parameters()).dtype).removeprefix("torch.")

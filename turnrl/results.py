@@ -29,6 +29,11 @@ class OutDirError(RuntimeError):
     """An output directory that cannot be made (one line, before the work starts)."""
 
 
+def holds_training_run(path: str | Path) -> bool:
+    """Whether ``path`` is a training run's directory (its metrics or checkpoints)."""
+    return (Path(path) / "metrics.jsonl").exists() or (Path(path) / "checkpoints").exists()
+
+
 def check_out_dir(path: str | Path, what: str) -> Path:
     """Check, before minutes of work go into results that could not be written, that the
     directory ``what`` (e.g. ``train.out_dir``) names can be made: one error when a file

@@ -25,7 +25,7 @@ from turnrl.learner import Learner
 from turnrl.logging import RunLogger
 from turnrl.metrics import episode_metrics
 from turnrl.recipes import apply_turn_penalty, branch_points, check_recipes, turn_cap
-from turnrl.results import check_out_dir
+from turnrl.results import check_out_dir, holds_training_run
 from turnrl.rollout import RolloutConfig, context_fields, require_correct
 from turnrl.scale.sampler import LocalSampler, TrainEnvs
 from turnrl.types import Episode, Turn
@@ -264,7 +264,7 @@ class Trainer:
     # -- loop ----------------------------------------------------------------------------
     def train(self, resume: bool = False) -> dict:
         cfg = self.cfg
-        if not resume and ((self.run_dir / "metrics.jsonl").exists() or (self.run_dir / "checkpoints").exists()):
+        if not resume and holds_training_run(self.run_dir):
             raise RunDirError(f"train.out_dir {self.run_dir} already holds a run: pass --resume to continue it, "
                               "or choose another train.out_dir (or delete the directory)")
         self.run_dir.mkdir(parents=True, exist_ok=True)

@@ -259,15 +259,16 @@ def split_tasks(source: TaskSource, split: str, eval_size: int, seed: int = 0) -
     the view's ``dropped`` counts them)."""
     order = list(range(len(source)))
     random.Random(seed).shuffle(order)
+    where = getattr(source, "path", "task source")
     if eval_size >= len(order):
-        raise DataError(f"{getattr(source, 'path', 'task source')}: eval_size={eval_size} leaves no training rows "
+        raise DataError(f"{where}: eval_size={eval_size} leaves no training rows "
                         f"(the source has {len(order)})")
     if split == "eval":
         return IndexView(source, order[:eval_size])
     held = {source[i].question for i in order[:eval_size]}
     train = [i for i in order[eval_size:] if source[i].question not in held]
     if not train:
-        raise DataError(f"{getattr(source, 'path', 'task source')}: no training rows left: all "
+        raise DataError(f"{where}: no training rows left: all "
                         f"{len(order) - eval_size} rows outside the eval split repeat one of its {eval_size} questions")
     return IndexView(source, train, dropped=len(order) - eval_size - len(train))
 
