@@ -32,12 +32,12 @@ def profile(engine, chat, batch_size: int, pass_n: int) -> dict:
     calls = {"prefill": {"calls": 0, "tokens": 0, "seconds": 0.0}, "decode": {"calls": 0, "tokens": 0, "seconds": 0.0}}
     forward = engine._forward
 
-    def counted(chunks, real=None):  # the engine's one entry to the model
+    def counted(chunks):  # the engine's one entry to the model
         t0 = time.perf_counter()
-        out = forward(chunks, real)
+        out = forward(chunks)
         c = calls["decode" if max(len(x) for x in chunks) == 1 else "prefill"]
         c["calls"] += 1
-        c["tokens"] += sum(len(x) for x, r in zip(chunks, real or [True] * len(chunks)) if r)
+        c["tokens"] += sum(len(x) for x in chunks)
         c["seconds"] += time.perf_counter() - t0
         return out
 

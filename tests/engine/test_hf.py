@@ -12,6 +12,12 @@ def _reference_greedy(model, ids, n):
     return out[0, len(ids):].tolist()
 
 
+def _logprobs_of_a_full_forward(model, ctx, ids, temperature):
+    with torch.no_grad():
+        logits = model(torch.tensor([ctx + ids])).logits[0].float() / temperature
+    return torch.log_softmax(logits, -1)[len(ctx) - 1:-1].gather(-1, torch.tensor(ids)[:, None]).squeeze(-1)
+
+
 def test_cached_multi_turn_greedy_equals_plain_generate(tiny_model, tokenizer):
     """Rows of different lengths share one cache across turns; each row still gets
     exactly what an unpadded, uncached run produces."""
@@ -22,10 +28,10 @@ def test_cached_multi_turn_greedy_equals_plain_generate(tiny_model, tokenizer):
     fb = tokenizer.encode("\n<|im_start|>user\nAgain.<|im_end|>\n<|im_start|>assistant\n", add_special_tokens=False)
     second_ctx = [p + r.token_ids + fb[: 3 + i] for i, (p, r) in enumerate(zip(prompts, first))]
     second = eng.generate([GenRequest(i, c) for i, c in enumerate(second_ctx)], sp)
-    for p, r in zip(prompts, first):
-        assert r.token_ids == _reference_greedy(tiny_model, p, 6)
-    for c, r in zip(second_ctx, second):
+    for c, r in [*zip(prompts, first), *zip(second_ctx, second)]:
         assert r.token_ids == _reference_greedy(tiny_model, c, 6)
+        # the tiny model's greedy tokens hardly depend on the context; their log-probs do
+        assert torch.allclose(torch.tensor(r.logprobs), _logprobs_of_a_full_forward(tiny_model, c, r.token_ids, 1.0), atol=1e-4)
     # second turn reused the cache: every row's cached ids extend its first-turn prompt
     assert all(c[: len(p)] == p for c, p in zip(eng._cached, prompts))
 
@@ -89,6 +95,7 @@ def test_each_request_stops_at_its_own_token_limit_and_the_cache_still_holds(tin
     hook.remove()
     for c, n, r in zip(second_ctx, [2, 6, 4], second):
         assert r.token_ids == _reference_greedy(tiny_model, c, n)
+        assert torch.allclose(torch.tensor(r.logprobs), _logprobs_of_a_full_forward(tiny_model, c, r.token_ids, 1.0), atol=1e-4)
     assert widths[0] == 3  # only the new suffix was encoded: the last sampled id + 2 glue ids
 
 
@@ -193,3 +200,35 @@ def test_inverse_cdf_in_two_levels_picks_what_one_running_sum_picks():
         cdf = probs.double().cumsum(-1)
         ref = torch.searchsorted(cdf, (u.double() * cdf[:, -1])[:, None]).squeeze(-1)
         assert torch.equal(_inverse_cdf(probs, u), ref)
+
+
+def test_rows_parked_mid_call_and_asked_for_out_of_order_still_see_their_own_context(tiny_model, tokenizer):
+    """Eight rows stop at staggered limits (parked as they finish, three times in the first
+    call, behind the running ones), the next turns continue subsets in shuffled orders: every sampled
+    token's log-prob is what a plain forward over that row's own conversation gives (the
+    tiny model's greedy tokens hardly depend on the context; its log-probs do), and the
+    cache moved rows inside its one buffer."""
+    eng = HFEngine(tiny_model, [2], tokenizer.pad_token_id)
+    prompts = _prompts(tokenizer, [f"question {i}" + " and more" * (i % 3) for i in range(8)])
+    limits = [2, 6, 2, 6, 4, 4, 6, 3]  # done after steps 2 (two rows), 3 (one), 4 (two) and 6 (the rest)
+    sp = SamplingParams(temperature=1.0, max_new_tokens=6, seed=5)
+    parks = []
+    park = eng._park
+    eng._park = lambda n: (parks.append(n), park(n))
+    first = eng.generate([GenRequest(i, p, max_new_tokens=n) for i, (p, n) in enumerate(zip(prompts, limits))], sp)
+    assert parks == [2, 1, 2]  # the last three end the call: nothing left to park them for
+    ctx = {}
+    for i, (p, n, r) in enumerate(zip(prompts, limits, first)):
+        assert len(r.token_ids) == n
+        assert torch.allclose(torch.tensor(r.logprobs), _logprobs_of_a_full_forward(tiny_model, p, r.token_ids, 1.0), atol=1e-4)
+        ctx[i] = p + r.token_ids + [28, 29 + i]
+    buffer = eng._cache.layers[0]._k.data_ptr()
+    for order in ([5, 0, 7, 2, 3], [3, 7, 5, 0]):  # a subset in a new order, then a smaller one
+        res = eng.generate([GenRequest(i, ctx[i], max_new_tokens=3 + i % 3) for i in order], sp)
+        for i, r in zip(order, res):
+            assert len(r.token_ids) == 3 + i % 3
+            assert torch.allclose(torch.tensor(r.logprobs), _logprobs_of_a_full_forward(tiny_model, ctx[i], r.token_ids, 1.0),
+                                  atol=1e-4)
+            ctx[i] = ctx[i] + r.token_ids + [30]
+        assert sorted(eng._keys) == sorted(order)
+    assert eng._cache.layers[0]._k.data_ptr() == buffer  # rows moved inside the one buffer

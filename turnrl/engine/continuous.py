@@ -20,7 +20,7 @@ from typing import Any
 import torch
 
 from turnrl.engine.base import GenRequest, GenResult, SamplingParams
-from turnrl.engine.hf import HFEngine
+from turnrl.engine.hf import HFEngine, _to_front
 
 
 @dataclass
@@ -97,11 +97,11 @@ class ContinuousBatch:
             self.rows, self.logits = [], None
             eng._reset()
             return out
-        if running.count(False) * 4 >= len(rows):  # compaction copies the cache: wait for a quarter
-            keep = [b for b, r in enumerate(running) if r]
+        if not all(running):  # finished rows leave at once: the cache moves at most as many rows
+            keep = _to_front([b for b, r in enumerate(running) if r], len(rows))[: running.count(True)]
             eng._select(keep)
             eng._trim()
             self.rows = [rows[b] for b in keep]
             ids, running = [ids[b] for b in keep], [True] * len(keep)
-        self.logits = eng._forward([[t] for t in ids], real=running)
+        self.logits = eng._forward([[t] for t in ids])
         return out

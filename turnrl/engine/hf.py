@@ -6,8 +6,9 @@ turns are never re-encoded. Rows have different lengths, so the suffixes are
 left-padded; padded slots are masked out (``attention_mask`` 0) and every real token
 gets its true position id, so the model sees exactly the context of an unpadded run.
 Identical prompts are encoded once, and the prefix that distinct prompts share (a system
-prompt, the template's header) once for all of them. Finished rows leave the batch (once a quarter of it
-is done), so little compute goes to them.
+prompt, the template's header) once for all of them. A row that finishes its turn is parked
+at once (set aside behind the running rows in the cache's buffer, ``turnrl/engine/kv.py``), so
+no compute goes to it, and runs again at the end of the call.
 
 Tensors live on the model's device (CUDA or CPU): inputs are built on the CPU and moved
 once per forward, each request's sampler is a generator on that device, and the sampled
@@ -56,7 +57,7 @@ class HFEngine:
         self._cached: list[list[int]] = []  # ids held in the cache, per row
         self._cache: GrowingCache | None = None
         self._mask: torch.Tensor | None = None  # (B, L) 1 where the cache slot is real
-        self._parked: list = []  # rows that finished this call, split off the cache
+        self._parked: list = []  # (keys, cached ids, mask) of the rows parked this call, in parking order
 
     def load_weights(self, model) -> None:
         self.model = model
@@ -65,13 +66,13 @@ class HFEngine:
         self._reset()
 
     def _select(self, rows: list[int]) -> None:
-        """Keep only ``rows`` of the cache, in that order."""
-        idx = torch.tensor(rows, dtype=torch.long, device=self.device)
+        """Keep only ``rows`` of the cache, in that order (the cache moves only the rows whose
+        place changes)."""
         self._keys = [self._keys[r] for r in rows]
         self._cached = [self._cached[r] for r in rows]
         if self._cache is not None:
-            self._cache.batch_select_indices(idx)
-            self._mask = self._mask[idx]
+            self._cache.select(rows)
+            self._mask = self._mask[torch.tensor(rows, dtype=torch.long, device=self.device)]
 
     def _reusable_rows(self, requests: list[GenRequest]) -> list[int] | None:
         pos = {k: i for i, k in enumerate(self._keys)}
@@ -87,10 +88,8 @@ class HFEngine:
         return rows
 
     # -- forward -------------------------------------------------------------------------
-    def _forward(self, chunks: list[list[int]], real: list[bool] | None = None) -> torch.Tensor:
-        """Append ``chunks`` (one per row, each non-empty) to the cache; return last logits (B, V).
-        Rows with ``real[b] = False`` get their chunk as a masked-out slot (a finished row
-        waiting for compaction): it takes a cache slot but no row attends to it."""
+    def _forward(self, chunks: list[list[int]]) -> torch.Tensor:
+        """Append ``chunks`` (one per row, each non-empty) to the cache; return last logits (B, V)."""
         width = max(len(c) for c in chunks)
         ids = torch.full((len(chunks), width), self.pad_id, dtype=torch.long)  # (B, W)
         new_mask = torch.zeros((len(chunks), width), dtype=torch.long)  # (B, W)
@@ -98,9 +97,6 @@ class HFEngine:
         for b, c in enumerate(chunks):
             n0 = len(self._cached[b])
             ids[b, width - len(c):] = torch.tensor(c)
-            if real is not None and not real[b]:
-                pos[b, width - len(c):] = n0
-                continue
             new_mask[b, width - len(c):] = 1
             pos[b, width - len(c):] = torch.arange(n0, n0 + len(c))
             self._cached[b] = self._cached[b] + c
@@ -186,36 +182,41 @@ class HFEngine:
         was_training = self.model.training
         self.model.eval()
         rows = self._reusable_rows(requests)
+        live = list(range(len(requests)))  # request index of each cache row
         if rows is None:  # new conversations: start a fresh cache
             logits = self._prefill_fresh(requests)
-        else:
-            self._select(rows)
-            logits = self._forward([r.token_ids[len(c):] for r, c in zip(requests, self._cached)])
+        else:  # the rows stay where they are, as far as they can: the cache order is not the requests'
+            request_of = {r: i for i, r in enumerate(rows)}
+            if len(request_of) == len(rows):
+                order = _to_front(rows, len(self._keys))[: len(rows)]
+                live = [request_of[r] for r in order]
+            else:  # a conversation asked for twice: copied rows, in the requests' order
+                order = rows
+            self._select(order)
+            logits = self._forward([requests[i].token_ids[len(c):] for i, c in zip(live, self._cached)])
         # one sampler per request: a row's draws do not depend on the other rows of the batch
         dev = self.device
         gens = [torch.Generator(device=dev).manual_seed(r.seed if r.seed is not None else mix_seed(sampling.seed, j))
                 for j, r in enumerate(requests)]
         results = [GenResult([], [], False) for _ in requests]
         limits = [r.max_new_tokens or sampling.max_new_tokens for r in requests]  # each row stops at its own
-        live = list(range(len(requests)))  # request index of each cache row
 
         for _ in range(max(limits)):
-            # rows finished earlier stay in the batch until the next compaction
             ids, running = self._sample_step(logits, [sampling], [gens[i] for i in live],
                                              [results[i] for i in live], [limits[i] for i in live])
             if not any(running):
                 break
             finished = [b for b, r in enumerate(running) if not r]
-            if len(finished) * 4 >= len(live):
-                # Finished rows leave the cache (their last token was never fed) so no more
-                # compute goes to them; compaction copies the cache, so it waits until a
-                # quarter of the batch is done. Parked rows rejoin at the end of the call.
-                keep = [b for b, r in enumerate(running) if r]
-                self._park(finished)
-                self._select(keep)
-                live = [live[b] for b in keep]
-                ids, running = [ids[b] for b in keep], [True] * len(keep)
-            logits = self._forward([[t] for t in ids], real=running)
+            if finished:
+                # Finished rows (their last token never fed) are parked behind the running
+                # ones at once, so no more compute goes to them: it moves at most as many rows
+                # as finished. Parked rows rejoin at the end of the call.
+                order = _to_front([b for b, r in enumerate(running) if r], len(live))
+                self._select(order)
+                self._park(len(finished))
+                live = [live[b] for b in order[: len(order) - len(finished)]]
+                ids, running = [ids[b] for b in order[: len(live)]], [True] * len(live)
+            logits = self._forward([[t] for t in ids])
         self._unpark()
         if was_training:
             self.model.train()
@@ -252,14 +253,26 @@ class HFEngine:
         self._keys = [r.key for r in requests]
         return logits[torch.tensor(which, device=logits.device)]  # (B, V)
 
-    # Rows that finish early are parked (their cache rows split off) and merged back at
-    # the end of the call, so the next turn finds every conversation in one batch.
-    def _park(self, rows: list[int]) -> None:
-        self._parked.append(self._split(rows))
+    # Rows that finish early are parked (set aside in the cache, behind the running rows)
+    # and run again at the end of the call, so the next turn finds every conversation in one batch.
+    def _park(self, n: int) -> None:
+        """The last ``n`` rows stop running."""
+        k = len(self._keys) - n
+        self._parked.append((self._keys[k:], self._cached[k:], self._mask[k:]))
+        self._keys, self._cached, self._mask = self._keys[:k], self._cached[:k], self._mask[:k]
+        self._cache.park(n)
 
     def _unpark(self) -> None:
-        parked, self._parked = self._parked, []
-        self._merge_rows(parked)
+        parked, self._parked = self._parked[::-1], []  # the last parked sit next to the running rows
+        if not parked:
+            return
+        width = self._mask.shape[1]
+        appended = [width - mask.shape[1] for _, _, mask in parked for _ in range(mask.shape[0])]
+        self._cache.unpark(appended)
+        self._mask = torch.cat([self._mask] + [torch.nn.functional.pad(mask, (0, width - mask.shape[1]))
+                                               for _, _, mask in parked])
+        self._keys += [k for keys, _, _ in parked for k in keys]
+        self._cached += [c for _, cached, _ in parked for c in cached]
 
     def _split(self, rows: list[int]) -> tuple:
         """A copy of ``rows`` of the batch: (keys, cached ids, mask, [(k, v) per layer])."""
@@ -290,8 +303,7 @@ class HFEngine:
         first = int(self._mask.any(0).long().argmax()) if self._mask.shape[1] else 0
         if first > 0:
             self._mask = self._mask[:, first:]
-            for layer in self._cache.layers:
-                layer.keys, layer.values = layer.keys[:, :, first:], layer.values[:, :, first:]
+            self._cache.trim(first)
 
     # -- prefix cache --------------------------------------------------------------------
     def _stash(self, rows) -> None:
@@ -360,6 +372,17 @@ def _inverse_cdf(probs: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
     # the rest of the target inside block j (> 0); rounding may put it past the block's own sum
     rest = torch.minimum(target - before, cdf[:, -1:])
     return (start + torch.searchsorted(cdf, rest).clamp_(max=CDF_BLOCK - 1)).squeeze(-1)
+
+
+def _to_front(rows: list[int], n: int) -> list[int]:
+    """An order of ``range(n)`` that starts with the distinct ``rows`` (in some order) and
+    moves as few rows as possible: each of them past the front swaps with a row not in it."""
+    order, front = list(range(n)), set(rows)
+    holes = (p for p in range(len(rows)) if p not in front)
+    for q in (r for r in rows if r >= len(rows)):
+        p = next(holes)
+        order[p], order[q] = q, p
+    return order
 
 
 def _done(res: GenResult, limit: int) -> bool:
