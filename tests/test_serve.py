@@ -98,13 +98,13 @@ def test_a_model_backed_simulated_user_over_http(server):
     assert s.messages[0].content and "103" not in s.messages[0].content
 
 
-def test_requests_with_different_token_limits_share_one_batch(tiny_model, tokenizer, chat):
+def test_requests_with_different_token_limits_share_one_batch(lively_model, tokenizer, chat):
     from turnrl.engine import HFEngine, SamplingParams
     from turnrl.serve import Batcher
 
     shapes = []
-    hook = tiny_model.register_forward_pre_hook(lambda m, a, kw: shapes.append(tuple(kw["input_ids"].shape)), with_kwargs=True)
-    batcher = Batcher(HFEngine(tiny_model, chat.stop_ids, tokenizer.pad_token_id), wait_s=0.5)
+    hook = lively_model.register_forward_pre_hook(lambda m, a, kw: shapes.append(tuple(kw["input_ids"].shape)), with_kwargs=True)
+    batcher = Batcher(HFEngine(lively_model, chat.stop_ids, tokenizer.pad_token_id), wait_s=0.5)
     ids = chat.prompt_ids([Message("user", "Hi")])
     futures = [batcher.submit(ids, SamplingParams(temperature=0, max_new_tokens=n)) for n in (3, 7)]
     a, b = (f.result(timeout=60) for f in futures)
@@ -114,11 +114,11 @@ def test_requests_with_different_token_limits_share_one_batch(tiny_model, tokeni
     assert len(a.token_ids) == 3 and len(b.token_ids) == 7 and a.token_ids == b.token_ids[:3]
 
 
-def test_a_request_arriving_mid_batch_joins_it_and_returns_first(tiny_model, tokenizer, chat):
+def test_a_request_arriving_mid_batch_joins_it_and_returns_first(lively_model, tokenizer, chat):
     from turnrl.engine import HFEngine, PrefixCache, SamplingParams
     from turnrl.serve import Batcher
 
-    eng = HFEngine(tiny_model, chat.stop_ids, tokenizer.pad_token_id, prefix_cache=PrefixCache(4096))
+    eng = HFEngine(lively_model, chat.stop_ids, tokenizer.pad_token_id, prefix_cache=PrefixCache(4096))
     batcher = Batcher(eng)
     long_ids = chat.prompt_ids([Message("user", "Tell me a long story about the sea, please.")])
     short_ids = chat.prompt_ids([Message("user", "Hi")])
@@ -133,7 +133,7 @@ def test_a_request_arriving_mid_batch_joins_it_and_returns_first(tiny_model, tok
     assert not long.done()  # the short request did not wait for the long one
     long = long.result(timeout=120)
     assert len(short.token_ids) == 5 and len(long.token_ids) == 400
-    alone = Batcher(HFEngine(tiny_model, chat.stop_ids, tokenizer.pad_token_id))
+    alone = Batcher(HFEngine(lively_model, chat.stop_ids, tokenizer.pad_token_id))
     assert alone.submit(short_ids, short_sp).result(timeout=60).token_ids == short.token_ids
     assert alone.submit(long_ids, long_sp).result(timeout=120).token_ids == long.token_ids
 
@@ -145,16 +145,16 @@ def _decoding(batcher, rows: int) -> None:
         time.sleep(0.001)
 
 
-def test_arrivals_during_decoding_join_together_once_they_are_a_quarter_of_the_batch(tiny_model, tokenizer, chat):
+def test_arrivals_during_decoding_join_together_once_they_are_a_quarter_of_the_batch(lively_model, tokenizer, chat):
     from turnrl.engine import HFEngine, SamplingParams
     from turnrl.serve import Batcher
 
-    batcher = Batcher(HFEngine(tiny_model, chat.stop_ids, tokenizer.pad_token_id), wait_s=0.5, admit_after_steps=10**9)
+    batcher = Batcher(HFEngine(lively_model, chat.stop_ids, tokenizer.pad_token_id), wait_s=0.5, admit_after_steps=10**9)
     long_ids = chat.prompt_ids([Message("user", "Tell me a long story about the sea, please.")])
     longs = [batcher.submit(long_ids, SamplingParams(temperature=0, max_new_tokens=300)) for _ in range(8)]
     _decoding(batcher, 8)
     shapes = []
-    hook = tiny_model.register_forward_pre_hook(lambda m, a, kw: shapes.append(tuple(kw["input_ids"].shape)), with_kwargs=True)
+    hook = lively_model.register_forward_pre_hook(lambda m, a, kw: shapes.append(tuple(kw["input_ids"].shape)), with_kwargs=True)
     sp = SamplingParams(temperature=0, max_new_tokens=5)
     a = batcher.submit(chat.prompt_ids([Message("user", "Hi")]), sp)
     start = batcher.steps
@@ -170,16 +170,16 @@ def test_arrivals_during_decoding_join_together_once_they_are_a_quarter_of_the_b
     assert all(len(f.result(timeout=60).token_ids) == 300 for f in longs)
 
 
-def test_a_lone_arrival_joins_after_admit_after_steps(tiny_model, tokenizer, chat):
+def test_a_lone_arrival_joins_after_admit_after_steps(lively_model, tokenizer, chat):
     from turnrl.engine import HFEngine, SamplingParams
     from turnrl.serve import Batcher
 
-    batcher = Batcher(HFEngine(tiny_model, chat.stop_ids, tokenizer.pad_token_id), wait_s=0.5, admit_after_steps=3)
+    batcher = Batcher(HFEngine(lively_model, chat.stop_ids, tokenizer.pad_token_id), wait_s=0.5, admit_after_steps=3)
     long_ids = chat.prompt_ids([Message("user", "Tell me a long story about the sea, please.")])
     longs = [batcher.submit(long_ids, SamplingParams(temperature=0, max_new_tokens=300)) for _ in range(8)]
     _decoding(batcher, 8)
     shapes = []
-    hook = tiny_model.register_forward_pre_hook(lambda m, a, kw: shapes.append(tuple(kw["input_ids"].shape)), with_kwargs=True)
+    hook = lively_model.register_forward_pre_hook(lambda m, a, kw: shapes.append(tuple(kw["input_ids"].shape)), with_kwargs=True)
     a = batcher.submit(chat.prompt_ids([Message("user", "Hi")]), SamplingParams(temperature=0, max_new_tokens=5))
     assert len(a.result(timeout=60).token_ids) == 5
     assert not any(f.done() for f in longs)  # it did not wait for the batch to finish
@@ -190,11 +190,11 @@ def test_a_lone_arrival_joins_after_admit_after_steps(tiny_model, tokenizer, cha
     assert all(len(f.result(timeout=60).token_ids) == 300 for f in longs)
 
 
-def test_a_seeded_request_gets_the_same_reply_alone_and_batched(tiny_model, tokenizer, chat):
+def test_a_seeded_request_gets_the_same_reply_alone_and_batched(lively_model, tokenizer, chat):
     from turnrl.engine import HFEngine, SamplingParams
     from turnrl.serve import Batcher
 
-    batcher = Batcher(HFEngine(tiny_model, chat.stop_ids, tokenizer.pad_token_id), wait_s=0.5)
+    batcher = Batcher(HFEngine(lively_model, chat.stop_ids, tokenizer.pad_token_id), wait_s=0.5)
     ids = [chat.prompt_ids([Message("user", f"Hi {i}")]) for i in range(8)]
     sp = SamplingParams(temperature=1.0, max_new_tokens=6, seed=42)
     alone = batcher.submit(ids[3], sp).result(timeout=60)

@@ -18,10 +18,10 @@ def _logprobs_of_a_full_forward(model, ctx, ids, temperature):
     return torch.log_softmax(logits, -1)[len(ctx) - 1:-1].gather(-1, torch.tensor(ids)[:, None]).squeeze(-1)
 
 
-def test_cached_multi_turn_greedy_equals_plain_generate(tiny_model, tokenizer):
+def test_cached_multi_turn_greedy_equals_plain_generate(lively_model, tokenizer):
     """Rows of different lengths share one cache across turns; each row still gets
     exactly what an unpadded, uncached run produces."""
-    eng = HFEngine(tiny_model, [2], tokenizer.pad_token_id)
+    eng = HFEngine(lively_model, [2], tokenizer.pad_token_id)
     prompts = _prompts(tokenizer, ["What is 2 + 2?", "Hi", "Tell me a long story about the sea, please."])
     sp = SamplingParams(temperature=0, max_new_tokens=6)
     first = eng.generate([GenRequest(i, p) for i, p in enumerate(prompts)], sp)
@@ -29,26 +29,26 @@ def test_cached_multi_turn_greedy_equals_plain_generate(tiny_model, tokenizer):
     second_ctx = [p + r.token_ids + fb[: 3 + i] for i, (p, r) in enumerate(zip(prompts, first))]
     second = eng.generate([GenRequest(i, c) for i, c in enumerate(second_ctx)], sp)
     for c, r in [*zip(prompts, first), *zip(second_ctx, second)]:
-        assert r.token_ids == _reference_greedy(tiny_model, c, 6)
+        assert r.token_ids == _reference_greedy(lively_model, c, 6)
         # the tiny model's greedy tokens hardly depend on the context; their log-probs do
-        assert torch.allclose(torch.tensor(r.logprobs), _logprobs_of_a_full_forward(tiny_model, c, r.token_ids, 1.0), atol=1e-4)
+        assert torch.allclose(torch.tensor(r.logprobs), _logprobs_of_a_full_forward(lively_model, c, r.token_ids, 1.0), atol=1e-4)
     # second turn reused the cache: every row's cached ids extend its first-turn prompt
     assert all(c[: len(p)] == p for c, p in zip(eng._cached, prompts))
 
 
-def test_logprobs_match_a_full_forward(tiny_model, tokenizer):
-    eng = HFEngine(tiny_model, [2], tokenizer.pad_token_id)
+def test_logprobs_match_a_full_forward(lively_model, tokenizer):
+    eng = HFEngine(lively_model, [2], tokenizer.pad_token_id)
     prompts = _prompts(tokenizer, ["a", "a longer prompt here"])
     res = eng.generate([GenRequest(i, p) for i, p in enumerate(prompts)], SamplingParams(temperature=0.8, max_new_tokens=5, seed=1))
     for p, r in zip(prompts, res):
         with torch.no_grad():
-            logits = tiny_model(torch.tensor([p + r.token_ids])).logits[0].float() / 0.8
+            logits = lively_model(torch.tensor([p + r.token_ids])).logits[0].float() / 0.8
         lp = torch.log_softmax(logits, -1)[len(p) - 1:-1].gather(-1, torch.tensor(r.token_ids)[:, None]).squeeze(-1)
         assert torch.allclose(lp, torch.tensor(r.logprobs), atol=1e-4)
 
 
-def test_sampling_is_seeded_and_length_cut_is_flagged(tiny_model, tokenizer):
-    eng = HFEngine(tiny_model, [2], tokenizer.pad_token_id)
+def test_sampling_is_seeded_and_length_cut_is_flagged(lively_model, tokenizer):
+    eng = HFEngine(lively_model, [2], tokenizer.pad_token_id)
     req = [GenRequest(0, _prompts(tokenizer, ["x"])[0])]
     a = eng.generate(req, SamplingParams(temperature=1.0, max_new_tokens=4, seed=3))
     eng.release()
@@ -57,8 +57,8 @@ def test_sampling_is_seeded_and_length_cut_is_flagged(tiny_model, tokenizer):
     assert len(a[0].token_ids) == 4 and not a[0].stopped  # a random model never says <|im_end|> this soon
 
 
-def test_top_k_one_is_greedy(tiny_model, tokenizer):
-    eng = HFEngine(tiny_model, [2], tokenizer.pad_token_id)
+def test_top_k_one_is_greedy(lively_model, tokenizer):
+    eng = HFEngine(lively_model, [2], tokenizer.pad_token_id)
     req = [GenRequest(0, _prompts(tokenizer, ["y"])[0])]
     g = eng.generate(req, SamplingParams(temperature=0, max_new_tokens=5))
     eng.release()
@@ -66,41 +66,41 @@ def test_top_k_one_is_greedy(tiny_model, tokenizer):
     assert g[0].token_ids == k1[0].token_ids
 
 
-def test_repeated_prompts_are_encoded_once_and_sampled_independently(tiny_model, tokenizer):
-    eng = HFEngine(tiny_model, [2], tokenizer.pad_token_id)
+def test_repeated_prompts_are_encoded_once_and_sampled_independently(lively_model, tokenizer):
+    eng = HFEngine(lively_model, [2], tokenizer.pad_token_id)
     p, q = _prompts(tokenizer, ["same prompt", "another one"])
     reqs = [GenRequest(0, p), GenRequest(1, q), GenRequest(2, p), GenRequest(3, p)]
     greedy = eng.generate(reqs, SamplingParams(temperature=0, max_new_tokens=5))
-    assert greedy[0].token_ids == greedy[2].token_ids == greedy[3].token_ids == _reference_greedy(tiny_model, p, 5)
-    assert greedy[1].token_ids == _reference_greedy(tiny_model, q, 5)
+    assert greedy[0].token_ids == greedy[2].token_ids == greedy[3].token_ids == _reference_greedy(lively_model, p, 5)
+    assert greedy[1].token_ids == _reference_greedy(lively_model, q, 5)
     eng.release()
     sampled = eng.generate(reqs, SamplingParams(temperature=1.0, max_new_tokens=8, seed=0))
     assert len({tuple(r.token_ids) for r in (sampled[0], sampled[2], sampled[3])}) > 1
 
 
-def test_each_request_stops_at_its_own_token_limit_and_the_cache_still_holds(tiny_model, tokenizer):
-    eng = HFEngine(tiny_model, [2], tokenizer.pad_token_id)
+def test_each_request_stops_at_its_own_token_limit_and_the_cache_still_holds(lively_model, tokenizer):
+    eng = HFEngine(lively_model, [2], tokenizer.pad_token_id)
     prompts = _prompts(tokenizer, ["What is 2 + 2?", "Hi", "Tell me a long story about the sea, please."])
     limits = [3, 9, 1]
     sp = SamplingParams(temperature=0, max_new_tokens=6)  # a request's own limit replaces this one
     first = eng.generate([GenRequest(i, p, max_new_tokens=n) for i, (p, n) in enumerate(zip(prompts, limits))], sp)
     for p, n, r in zip(prompts, limits, first):
-        assert r.token_ids == _reference_greedy(tiny_model, p, n) and len(r.token_ids) == n and not r.stopped
+        assert r.token_ids == _reference_greedy(lively_model, p, n) and len(r.token_ids) == n and not r.stopped
     # the next turn extends each row's cache; rows without a limit of their own take the sampling's
     second_ctx = [p + r.token_ids + [28, 29] for p, r in zip(prompts, first)]
     widths = []
-    hook = tiny_model.register_forward_pre_hook(lambda m, a, kw: widths.append(kw["input_ids"].shape[1]), with_kwargs=True)
+    hook = lively_model.register_forward_pre_hook(lambda m, a, kw: widths.append(kw["input_ids"].shape[1]), with_kwargs=True)
     second = eng.generate([GenRequest(0, second_ctx[0], max_new_tokens=2), GenRequest(1, second_ctx[1]),
                            GenRequest(2, second_ctx[2], max_new_tokens=4)], sp)
     hook.remove()
     for c, n, r in zip(second_ctx, [2, 6, 4], second):
-        assert r.token_ids == _reference_greedy(tiny_model, c, n)
-        assert torch.allclose(torch.tensor(r.logprobs), _logprobs_of_a_full_forward(tiny_model, c, r.token_ids, 1.0), atol=1e-4)
+        assert r.token_ids == _reference_greedy(lively_model, c, n)
+        assert torch.allclose(torch.tensor(r.logprobs), _logprobs_of_a_full_forward(lively_model, c, r.token_ids, 1.0), atol=1e-4)
     assert widths[0] == 3  # only the new suffix was encoded: the last sampled id + 2 glue ids
 
 
-def test_a_seeded_request_samples_the_same_tokens_alone_and_in_a_batch_of_eight(tiny_model, tokenizer):
-    eng = HFEngine(tiny_model, [2], tokenizer.pad_token_id)
+def test_a_seeded_request_samples_the_same_tokens_alone_and_in_a_batch_of_eight(lively_model, tokenizer):
+    eng = HFEngine(lively_model, [2], tokenizer.pad_token_id)
     prompts = _prompts(tokenizer, [f"question number {i}" + " and more" * i for i in range(8)])
     sp = SamplingParams(temperature=1.0, max_new_tokens=8, seed=0)
     alone = eng.generate([GenRequest("x", prompts[5], seed=1234)], sp)[0]
@@ -110,19 +110,19 @@ def test_a_seeded_request_samples_the_same_tokens_alone_and_in_a_batch_of_eight(
     assert torch.allclose(torch.tensor(batch[5].logprobs), torch.tensor(alone.logprobs), atol=1e-4)
 
 
-def test_the_prefix_distinct_prompts_share_is_encoded_once(tiny_model, tokenizer):
+def test_the_prefix_distinct_prompts_share_is_encoded_once(lively_model, tokenizer):
     prompts = _prompts(tokenizer, ["What is 2 + 2?", "Hi", "Tell me a long story about the sea, please."])
     shared = next(i for i in range(len(prompts[1])) if len({p[i] for p in prompts}) > 1)  # system prompt + header
     assert shared >= HFEngine.MIN_SHARED_PREFIX
     seen = []
-    hook = tiny_model.register_forward_pre_hook(lambda m, a, kw: seen.append(tuple(kw["input_ids"].shape)), with_kwargs=True)
-    eng = HFEngine(tiny_model, [2], tokenizer.pad_token_id)
+    hook = lively_model.register_forward_pre_hook(lambda m, a, kw: seen.append(tuple(kw["input_ids"].shape)), with_kwargs=True)
+    eng = HFEngine(lively_model, [2], tokenizer.pad_token_id)
     res = eng.generate([GenRequest(i, p) for i, p in enumerate(prompts)], SamplingParams(temperature=0, max_new_tokens=4))
     hook.remove()
     assert seen[0] == (1, shared)  # the shared prefix: one row
     assert seen[1] == (3, max(len(p) - shared for p in prompts))  # then only each prompt's own suffix
     for p, r in zip(prompts, res):  # and the tokens are those of an unshared, uncached run
-        assert r.token_ids == _reference_greedy(tiny_model, p, 4)
+        assert r.token_ids == _reference_greedy(lively_model, p, 4)
 
 
 def _draw(logits_row: list[float], sp, n: int = 4000):
@@ -202,13 +202,13 @@ def test_inverse_cdf_in_two_levels_picks_what_one_running_sum_picks():
         assert torch.equal(_inverse_cdf(probs, u), ref)
 
 
-def test_rows_parked_mid_call_and_asked_for_out_of_order_still_see_their_own_context(tiny_model, tokenizer):
+def test_rows_parked_mid_call_and_asked_for_out_of_order_still_see_their_own_context(lively_model, tokenizer):
     """Eight rows stop at staggered limits (parked as they finish, three times in the first
     call, behind the running ones), the next turns continue subsets in shuffled orders: every sampled
     token's log-prob is what a plain forward over that row's own conversation gives (the
     tiny model's greedy tokens hardly depend on the context; its log-probs do), and the
     cache moved rows inside its one buffer."""
-    eng = HFEngine(tiny_model, [2], tokenizer.pad_token_id)
+    eng = HFEngine(lively_model, [2], tokenizer.pad_token_id)
     prompts = _prompts(tokenizer, [f"question {i}" + " and more" * (i % 3) for i in range(8)])
     limits = [2, 6, 2, 6, 4, 4, 6, 3]  # done after steps 2 (two rows), 3 (one), 4 (two) and 6 (the rest)
     sp = SamplingParams(temperature=1.0, max_new_tokens=6, seed=5)
@@ -220,14 +220,14 @@ def test_rows_parked_mid_call_and_asked_for_out_of_order_still_see_their_own_con
     ctx = {}
     for i, (p, n, r) in enumerate(zip(prompts, limits, first)):
         assert len(r.token_ids) == n
-        assert torch.allclose(torch.tensor(r.logprobs), _logprobs_of_a_full_forward(tiny_model, p, r.token_ids, 1.0), atol=1e-4)
+        assert torch.allclose(torch.tensor(r.logprobs), _logprobs_of_a_full_forward(lively_model, p, r.token_ids, 1.0), atol=1e-4)
         ctx[i] = p + r.token_ids + [28, 29 + i]
     buffer = eng._cache.layers[0]._k.data_ptr()
     for order in ([5, 0, 7, 2, 3], [3, 7, 5, 0]):  # a subset in a new order, then a smaller one
         res = eng.generate([GenRequest(i, ctx[i], max_new_tokens=3 + i % 3) for i in order], sp)
         for i, r in zip(order, res):
             assert len(r.token_ids) == 3 + i % 3
-            assert torch.allclose(torch.tensor(r.logprobs), _logprobs_of_a_full_forward(tiny_model, ctx[i], r.token_ids, 1.0),
+            assert torch.allclose(torch.tensor(r.logprobs), _logprobs_of_a_full_forward(lively_model, ctx[i], r.token_ids, 1.0),
                                   atol=1e-4)
             ctx[i] = ctx[i] + r.token_ids + [30]
         assert sorted(eng._keys) == sorted(order)
