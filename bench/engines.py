@@ -10,7 +10,8 @@ runs in its own process (an in-process vLLM on CPU changes process-wide thread s
 one after the other; the parent compares their
 episodes: the share of turns with identical tokens (greedy) and the learner's audit of
 the vLLM log-probs (mean / max |vLLM - learner|).
-Writes bench/results/engines.json (``--dtype bf16``: engines_bf16.json).
+Writes bench/results/engines.json (``--dtype bf16``: engines_bf16.json), with the machine
+it ran on; ``--dtype bf16`` on a machine without native bf16 kernels is refused.
 
 Needs vLLM: on a CPU run it with ``.venv-vllm/bin/python bench/engines.py`` (scripts/setup_vllm.sh).
 ``--episodes 2 --turns 2 --max-new-tokens 8 --out /tmp/x.json`` checks the script in a minute.
@@ -48,6 +49,7 @@ def run_one(engine: str, dtype: str, episodes: int, turns: int, max_new: int, vl
     from rollout_throughput import Unsolvable  # bench/: arithmetic whose reference no reply matches
     from turnrl.engine.base import SamplingParams
     from turnrl.envs import RetryEnv
+    from turnrl.logging import machine_record
     from turnrl.models import load_tokenizer
     from turnrl.rollout import RolloutConfig, collect
 
@@ -58,7 +60,8 @@ def run_one(engine: str, dtype: str, episodes: int, turns: int, max_new: int, vl
     build_s = time.perf_counter() - t0
     make = env_factory(load_config(None, []), "eval", max_turns=turns)
     seeds = list(range(episodes))
-    result = {"engine": engine, "build_seconds": round(build_s, 2), "threads": torch.get_num_threads(), "runs": {}}
+    result = {"engine": engine, "build_seconds": round(build_s, 2), "threads": torch.get_num_threads(),
+              "machine": machine_record(model), "runs": {}}
     if engine == "vllm":
         result["dtype"] = eng.dtype
     sampled = SamplingParams(temperature=0.7, max_new_tokens=max_new, seed=0)
@@ -114,7 +117,12 @@ def main(argv=None) -> int:
         run_one(a.child[0], a.dtype, a.episodes, a.turns, a.max_new_tokens, vllm_kwargs, Path(a.child[1]))
         return 0
     from turnrl.engine.vllm import vllm_missing
+    from turnrl.learner import bf16_supported
 
+    if a.dtype == "bf16" and not bf16_supported():
+        print("bench/engines.py: --dtype bf16 on a machine without native bf16 kernels (a CPU without AVX-512): "
+              "its figures would time emulated bf16; run it in fp32 here", file=sys.stderr)
+        return 2
     if vllm_missing():
         print(vllm_missing(), file=sys.stderr)
         return 1
@@ -134,7 +142,7 @@ def main(argv=None) -> int:
     out = {
         "model": "SmolLM2-135M-Instruct", "workload": f"{a.episodes} episodes x up to {a.turns} turns, default UFO retry env, "
         f"batch {a.episodes}, {a.max_new_tokens} new tokens per turn at most",
-        "vllm_compile": not a.eager, "dtype": a.dtype,
+        "vllm_compile": not a.eager, "dtype": a.dtype, "machine": hf["machine"],
         "engines": {e: {k: v for k, v in r.items() if k != "runs"} | {
             "runs": {n: {k: v for k, v in run.items() if k != "episodes"} for n, run in r["runs"].items()}}
             for e, r in results.items()},
