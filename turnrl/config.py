@@ -227,7 +227,10 @@ class AlgoConfig(Section):
         if unread:
             raise ValueError(f"{', '.join(unread)} would be ignored: algorithm {self.name!r} does not read "
                              f"{'it' if len(unread) == 1 else 'them'}")
-        if self.masks is None:  # the algorithm's default, written out (the run's config.json shows it)
+        if self.masks is None or "masks" not in self.model_fields_set:
+            # the algorithm's default, written out (config.json shows it), and again when the
+            # name is assigned later: it stays unset
+            self.__pydantic_fields_set__.discard("masks")
             self.__dict__["masks"] = list(algo.default_masks)
         unknown = [m for m in self.masks if m not in MASKS]
         if unknown:

@@ -158,6 +158,15 @@ def test_default_masks_per_algorithm():
     assert {n: AlgoConfig(name=n).masks for n in ALGORITHMS} == {
         n: (["zero_variance"] if n in centred else []) for n in ALGORITHMS}
     assert AlgoConfig(name="gigpo", masks=["zero_variance"]).masks == ["zero_variance"]  # set: kept as set
+    cfg = AlgoConfig()  # a default follows the name assigned later; a mask list set stays
+    cfg.name = "gigpo"
+    assert cfg.masks == [] and cfg.model_dump()["masks"] == []
+    cfg.name = "rloo"
+    assert cfg.masks == ["zero_variance"]
+    cfg.masks = ["void"]
+    cfg.name = "gigpo"
+    assert cfg.masks == ["void"]
+    assert AlgoConfig(name="igpo", masks=None).masks == []  # None: unset
 
 
 def test_void_masked_rewards_still_count_in_the_group():
