@@ -1,3 +1,4 @@
+import pytest
 import torch
 
 from turnrl.engine import GenRequest, HFEngine, SamplingParams
@@ -33,7 +34,8 @@ def test_cached_multi_turn_greedy_equals_plain_generate(lively_model, tokenizer)
         # the tiny model's greedy tokens hardly depend on the context; their log-probs do
         assert torch.allclose(torch.tensor(r.logprobs), _logprobs_of_a_full_forward(lively_model, c, r.token_ids, 1.0), atol=1e-4)
     # second turn reused the cache: every row's cached ids extend its first-turn prompt
-    assert all(c[: len(p)] == p for c, p in zip(eng._cached, prompts))
+    cached = dict(zip(eng._keys, eng._cached))  # the cache's row order need not be the requests'
+    assert all(cached[i][: len(p)] == p for i, p in enumerate(prompts))
 
 
 def test_logprobs_match_a_full_forward(lively_model, tokenizer):
@@ -232,3 +234,31 @@ def test_rows_parked_mid_call_and_asked_for_out_of_order_still_see_their_own_con
             ctx[i] = ctx[i] + r.token_ids + [30]
         assert sorted(eng._keys) == sorted(order)
     assert eng._cache.layers[0]._k.data_ptr() == buffer  # rows moved inside the one buffer
+
+
+def test_an_error_mid_call_forgets_the_cache_and_the_next_call_starts_afresh(lively_model, tokenizer):
+    """A forward that fails while rows are parked (an OOM, an interrupt) leaves no half-kept
+    state: the engine forgets its cache, and the next call, even one asking for a
+    conversation twice, prefills afresh and sees each row's own context."""
+    eng = HFEngine(lively_model, [2], tokenizer.pad_token_id)
+    sp = SamplingParams(temperature=1.0, max_new_tokens=8, seed=0)
+    ctx = {k: [5 + k, 6, 7 + k, 8] for k in range(4)}
+    eng.generate([GenRequest(k, ctx[k]) for k in ctx], sp)
+    forward, calls = eng._forward, []
+
+    def failing(chunks):
+        calls.append(len(chunks))
+        if len(calls) == 4:
+            raise RuntimeError("out of memory")
+        return forward(chunks)
+
+    eng._forward = failing
+    with pytest.raises(RuntimeError, match="out of memory"):
+        eng.generate([GenRequest(k, ctx[k] + [30], max_new_tokens=[1, 8, 2, 8][k]) for k in ctx], sp)
+    assert calls[:3] == [4, 3, 2]  # rows 0 and 2 were parked when it failed
+    assert eng._cache is None and eng._keys == [] and eng._parked == []
+    eng._forward = forward
+    res = eng.generate([GenRequest(1, ctx[1] + [40]), GenRequest(1, ctx[1] + [40]), GenRequest(3, ctx[3])], sp)
+    for c, r in zip([ctx[1] + [40], ctx[1] + [40], ctx[3]], res):
+        assert torch.allclose(torch.tensor(r.logprobs), _logprobs_of_a_full_forward(lively_model, c, r.token_ids, 1.0),
+                              atol=1e-4)

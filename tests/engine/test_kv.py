@@ -45,6 +45,8 @@ def test_select_moves_only_the_rows_whose_place_changes():
     assert layer._k.data_ptr() == ptr and cache.get_seq_length() == 3
     cache.select([0, 0, 2, 1])  # more rows than before: a new buffer
     assert layer.keys[:, 0, 0, 0].tolist() == [400, 400, 200, 100]
+    cache.batch_select_indices(torch.tensor([True, False, True, False]))  # a mask, as DynamicCache takes it
+    assert layer.keys[:, 0, 0, 0].tolist() == [400, 200]
 
 
 def test_parked_rows_wait_behind_the_running_ones_and_come_back_with_zeroed_slots():

@@ -97,7 +97,7 @@ class ContinuousBatch:
             self.rows, self.logits = [], None
             eng._reset()
             return out
-        if not all(running):  # finished rows leave at once: the cache moves at most as many rows
+        if not all(running):  # finished rows leave at once: the cache moves at most as many rows as leave
             keep = _to_front([b for b, r in enumerate(running) if r], len(rows))[: running.count(True)]
             eng._select(keep)
             eng._trim()

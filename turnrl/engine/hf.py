@@ -68,11 +68,11 @@ class HFEngine:
     def _select(self, rows: list[int]) -> None:
         """Keep only ``rows`` of the cache, in that order (the cache moves only the rows whose
         place changes)."""
-        self._keys = [self._keys[r] for r in rows]
-        self._cached = [self._cached[r] for r in rows]
-        if self._cache is not None:
+        if self._cache is not None:  # the cache first: if it refuses, the lists still match it
             self._cache.select(rows)
             self._mask = self._mask[torch.tensor(rows, dtype=torch.long, device=self.device)]
+        self._keys = [self._keys[r] for r in rows]
+        self._cached = [self._cached[r] for r in rows]
 
     def _reusable_rows(self, requests: list[GenRequest]) -> list[int] | None:
         pos = {k: i for i, k in enumerate(self._keys)}
@@ -181,6 +181,16 @@ class HFEngine:
             return []
         was_training = self.model.training
         self.model.eval()
+        try:
+            return self._generate(requests, sampling)
+        except BaseException:  # an error or an interrupt mid-call: the cache is forgotten, never half-kept
+            self._reset()
+            raise
+        finally:
+            if was_training:
+                self.model.train()
+
+    def _generate(self, requests: list[GenRequest], sampling: SamplingParams) -> list[GenResult]:
         rows = self._reusable_rows(requests)
         live = list(range(len(requests)))  # request index of each cache row
         if rows is None:  # new conversations: start a fresh cache
@@ -209,8 +219,8 @@ class HFEngine:
             finished = [b for b, r in enumerate(running) if not r]
             if finished:
                 # Finished rows (their last token never fed) are parked behind the running
-                # ones at once, so no more compute goes to them: it moves at most as many rows
-                # as finished. Parked rows rejoin at the end of the call.
+                # ones at once, so no more compute goes to them: each swap moves a finished
+                # row and a running one. Parked rows rejoin at the end of the call.
                 order = _to_front([b for b, r in enumerate(running) if r], len(live))
                 self._select(order)
                 self._park(len(finished))
@@ -218,8 +228,6 @@ class HFEngine:
                 ids, running = [ids[b] for b in order[: len(live)]], [True] * len(live)
             logits = self._forward([[t] for t in ids])
         self._unpark()
-        if was_training:
-            self.model.train()
         return results
 
     def _prefill_fresh(self, requests: list[GenRequest]) -> torch.Tensor:

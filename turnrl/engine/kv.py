@@ -27,6 +27,22 @@ import torch
 from transformers.cache_utils import Cache, DynamicCache, DynamicLayer
 
 
+class _Selection:
+    """Index tensors of a selection of ``rows`` among ``running`` rows: ``grow``, all of
+    them, when there are more rows than before (a new buffer); else the moves, destination
+    ``dst`` from source ``src`` (None when no row moves)."""
+
+    def __init__(self, rows: list[int], running: int, device):
+        self.n = len(rows)
+        self.grow = self.dst = self.src = None
+        if len(rows) > running:
+            self.grow = torch.tensor(rows, dtype=torch.long, device=device)
+            return
+        moves = [(dst, src) for dst, src in enumerate(rows) if dst != src]
+        if moves:
+            self.dst, self.src = (torch.tensor(x, dtype=torch.long, device=device) for x in zip(*moves))
+
+
 class GrowingLayer(DynamicLayer):
     _k: torch.Tensor | None = None  # (rows, KV heads, capacity, head dim)
     _v: torch.Tensor | None = None
@@ -79,31 +95,31 @@ class GrowingLayer(DynamicLayer):
         return self.keys, self.values
 
     def batch_select_indices(self, indices: torch.Tensor) -> None:
+        if indices.dtype == torch.bool:  # a mask, as DynamicLayer takes it
+            indices = indices.nonzero().flatten()
         self.select(indices.tolist())
 
     def select(self, rows: list[int]) -> None:
         """Running rows become ``rows`` (indices among them, repeats allowed), in that order.
-        Only rows whose place changes are copied; parked rows stay where they are."""
-        if self._k is None or self._k.dim() < 4:
-            return
+        Only rows whose place changes are copied; parked rows stay behind the running ones."""
+        if self._k is not None and self._k.dim() == 4:
+            self._apply(_Selection(rows, self._b, self._k.device))
+
+    def _apply(self, sel: "_Selection") -> None:
         parked = self._k.shape[0] - self._b
-        if len(rows) > self._b:  # more rows than the running ones: a new buffer
+        if sel.grow is not None:  # more rows than the running ones: a new buffer
             if parked:
                 raise ValueError("a selection that grows the batch while rows are parked")
-            idx = torch.tensor(rows, dtype=torch.long, device=self._k.device)
-            self._k, self._v = self._k.index_select(0, idx), self._v.index_select(0, idx)
+            self._k, self._v = self._k.index_select(0, sel.grow), self._v.index_select(0, sel.grow)
         else:
-            moves = [(dst, src) for dst, src in enumerate(rows) if dst != src]
-            if moves:
-                dst, src = (torch.tensor(x, dtype=torch.long, device=self._k.device) for x in zip(*moves))
+            if sel.dst is not None:
                 for t in (self._k, self._v):  # the sources are read in full before any is written
-                    t.index_copy_(0, dst, t.index_select(0, src))
-            if parked and len(rows) < self._b:  # parked rows close up behind the running ones
-                tail = torch.arange(self._b, self._k.shape[0], device=self._k.device)
+                    t.index_copy_(0, sel.dst, t.index_select(0, sel.src))
+            if parked and sel.n < self._b:  # parked rows close up behind the running ones
                 for t in (self._k, self._v):
-                    t[len(rows): len(rows) + parked] = t.index_select(0, tail)
-            self._k, self._v = self._k[: len(rows) + parked], self._v[: len(rows) + parked]
-        self._b = len(rows)
+                    t[sel.n: sel.n + parked] = t[self._b:].clone()
+            self._k, self._v = self._k[: sel.n + parked], self._v[: sel.n + parked]
+        self._b = sel.n
 
     def park(self, n: int) -> None:
         """The last ``n`` running rows stop running (they keep their place in the buffer)."""
@@ -114,10 +130,15 @@ class GrowingLayer(DynamicLayer):
         (in buffer order) stopped. They hold nothing of that row: zeroed (the engine masks them)."""
         if self._k is None or self._b + len(appended) != self._k.shape[0]:
             raise ValueError(f"{len(appended)} rows to unpark, the cache parks {0 if self._k is None else self._k.shape[0] - self._b}")
-        for i, a in enumerate(appended):
-            if a:
-                self._k[self._b + i, :, self._n - a: self._n] = 0
-                self._v[self._b + i, :, self._n - a: self._n] = 0
+        i = 0
+        while i < len(appended):  # rows parked together: one slice each
+            j = i
+            while j < len(appended) and appended[j] == appended[i]:
+                j += 1
+            if appended[i]:
+                for t in (self._k, self._v):
+                    t[self._b + i: self._b + j, :, self._n - appended[i]: self._n] = 0
+            i = j
         self._b += len(appended)
 
     def trim(self, n: int) -> None:
@@ -145,8 +166,13 @@ class GrowingCache(DynamicCache):
         return self.layers[0]._n - self.layers[0]._s if self.layers else 0
 
     def select(self, rows: list[int]) -> None:
+        """See :meth:`GrowingLayer.select`; the index tensors are made once for all layers."""
+        first = next((l for l in self.layers if l._k is not None and l._k.dim() == 4), None)
+        if first is None:
+            return
+        sel = _Selection(rows, first._b, first._k.device)
         for layer in self.layers:
-            layer.select(rows)
+            layer._apply(sel)
 
     def park(self, n: int) -> None:
         for layer in self.layers:
