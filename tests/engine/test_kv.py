@@ -59,9 +59,9 @@ def test_parked_rows_wait_behind_the_running_ones_and_come_back_with_zeroed_slot
     cache.update(step, step, 0)  # the running rows take one slot, the parked ones do not
     cache.park(1)  # row 3 stops after that slot
     cache.update(step[:1], step[:1], 0)
-    cache.unpark([1, 2, 2])  # buffer order behind row 0: row 3 (parked one slot ago), then rows 2 and 1
+    cache.unpark([(1, 1), (2, 2)])  # buffer order behind row 0: row 3 (parked one slot ago), then rows 2 and 1
     assert layer.keys[:, 0, :, 0].tolist() == [[0, 1, 7, 7], [300, 301, 7, 0], [200, 201, 0, 0], [100, 101, 0, 0]]
-    assert cache.slots == 4
+    assert cache.get_seq_length() == 4
     cache.trim(1)  # the first slot goes: an offset, no copy
     assert layer.keys[:, 0, :, 0].tolist() == [[1, 7, 7], [301, 7, 0], [201, 0, 0], [101, 0, 0]]
     cache.update(torch.ones(4, 1, 70, 2), torch.ones(4, 1, 70, 2), 0)  # past the buffer: a new one holds all

@@ -275,8 +275,7 @@ class HFEngine:
         if not parked:
             return
         width = self._mask.shape[1]
-        appended = [width - mask.shape[1] for _, _, mask in parked for _ in range(mask.shape[0])]
-        self._cache.unpark(appended)
+        self._cache.unpark([(mask.shape[0], width - mask.shape[1]) for _, _, mask in parked])
         self._mask = torch.cat([self._mask] + [torch.nn.functional.pad(mask, (0, width - mask.shape[1]))
                                                for _, _, mask in parked])
         self._keys += [k for keys, _, _ in parked for k in keys]

@@ -101,23 +101,21 @@ class GrowingLayer(DynamicLayer):
 
     def select(self, rows: list[int]) -> None:
         """Running rows become ``rows`` (indices among them, repeats allowed), in that order.
-        Only rows whose place changes are copied; parked rows stay behind the running ones."""
+        Only rows whose place changes are copied. While rows are parked the running rows
+        may be reordered, not dropped or repeated: the parked ones stay behind them."""
         if self._k is not None and self._k.dim() == 4:
             self._apply(_Selection(rows, self._b, self._k.device))
 
     def _apply(self, sel: "_Selection") -> None:
         parked = self._k.shape[0] - self._b
+        if parked and sel.n != self._b:
+            raise ValueError(f"a selection of {sel.n} of {self._b} running rows while {parked} are parked")
         if sel.grow is not None:  # more rows than the running ones: a new buffer
-            if parked:
-                raise ValueError("a selection that grows the batch while rows are parked")
             self._k, self._v = self._k.index_select(0, sel.grow), self._v.index_select(0, sel.grow)
         else:
             if sel.dst is not None:
                 for t in (self._k, self._v):  # the sources are read in full before any is written
                     t.index_copy_(0, sel.dst, t.index_select(0, sel.src))
-            if parked and sel.n < self._b:  # parked rows close up behind the running ones
-                for t in (self._k, self._v):
-                    t[sel.n: sel.n + parked] = t[self._b:].clone()
             self._k, self._v = self._k[: sel.n + parked], self._v[: sel.n + parked]
         self._b = sel.n
 
@@ -125,21 +123,18 @@ class GrowingLayer(DynamicLayer):
         """The last ``n`` running rows stop running (they keep their place in the buffer)."""
         self._b -= n
 
-    def unpark(self, appended: list[int]) -> None:
-        """Every parked row runs again; ``appended[i]``: the slots written since parked row i
-        (in buffer order) stopped. They hold nothing of that row: zeroed (the engine masks them)."""
-        if self._k is None or self._b + len(appended) != self._k.shape[0]:
-            raise ValueError(f"{len(appended)} rows to unpark, the cache parks {0 if self._k is None else self._k.shape[0] - self._b}")
-        i = 0
-        while i < len(appended):  # rows parked together: one slice each
-            j = i
-            while j < len(appended) and appended[j] == appended[i]:
-                j += 1
-            if appended[i]:
+    def unpark(self, groups: list[tuple[int, int]]) -> None:
+        """Every parked row runs again. ``groups``, in buffer order: (rows parked together,
+        slots written since). Those slots hold nothing of the parked rows: zeroed (the engine
+        masks them)."""
+        parked = 0 if self._k is None else self._k.shape[0] - self._b
+        if sum(n for n, _ in groups) != parked:
+            raise ValueError(f"{sum(n for n, _ in groups)} rows to unpark, the cache parks {parked}")
+        for rows, slots in groups:
+            if slots:
                 for t in (self._k, self._v):
-                    t[self._b + i: self._b + j, :, self._n - appended[i]: self._n] = 0
-            i = j
-        self._b += len(appended)
+                    t[self._b: self._b + rows, :, self._n - slots: self._n] = 0
+            self._b += rows
 
     def trim(self, n: int) -> None:
         """Drop the first ``n`` slots of every row."""
@@ -160,11 +155,6 @@ class GrowingCache(DynamicCache):
             cache.update(k, v, i)
         return cache
 
-    @property
-    def slots(self) -> int:
-        """Slots held per row (the mask's width)."""
-        return self.layers[0]._n - self.layers[0]._s if self.layers else 0
-
     def select(self, rows: list[int]) -> None:
         """See :meth:`GrowingLayer.select`; the index tensors are made once for all layers."""
         first = next((l for l in self.layers if l._k is not None and l._k.dim() == 4), None)
@@ -178,10 +168,9 @@ class GrowingCache(DynamicCache):
         for layer in self.layers:
             layer.park(n)
 
-    def unpark(self, appended: list[int]) -> None:
-        """``appended``: per parked row in buffer order, the slots written since it was parked."""
+    def unpark(self, groups: list[tuple[int, int]]) -> None:
         for layer in self.layers:
-            layer.unpark(appended)
+            layer.unpark(groups)
 
     def trim(self, n: int) -> None:
         for layer in self.layers:
